@@ -29,7 +29,7 @@ def take(it, k):
 
 def assert_same_batches(a, b):
     assert len(a) == len(b)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert x.keys() == y.keys()
         for key in x:
             assert x[key].dtype == y[key].dtype
@@ -72,7 +72,7 @@ def test_no_shuffle_is_sequential():
 def test_determinism_same_and_different_seed():
     assert_same_batches(take(make(seed=3), 8), take(make(seed=3), 8))
     a, b = take(make(seed=3), 8), take(make(seed=4), 8)
-    assert not all(np.array_equal(x["label"], y["label"]) for x, y in zip(a, b))
+    assert not all(np.array_equal(x["label"], y["label"]) for x, y in zip(a, b, strict=True))
 
 
 def test_threads_do_not_change_batches():

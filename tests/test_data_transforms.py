@@ -64,7 +64,7 @@ def test_train_transform_shapes_range_determinism(crop, shape):
         assert out.shape == (24, 24, shape[2]) and out.dtype == np.float32
         assert out.min() >= -1.0 and out.max() <= 1.0
     again = [tf(img, np.random.default_rng(s)) for s in range(8)]
-    for a, b in zip(outs, again):
+    for a, b in zip(outs, again, strict=True):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(outs[0], o) for o in outs[1:])  # random (flip at least)
 

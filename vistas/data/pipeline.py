@@ -103,7 +103,7 @@ class _TrainBatches:
             indices = offsets
         source, transform = self.source, self.transform
         images, labels = [], []
-        for position, i in zip(range(start, start + self.b), indices.tolist()):
+        for position, i in zip(range(start, start + self.b), indices.tolist(), strict=True):
             example = source[i]
             images.append(transform(example["image"], self.rng_at(position)))
             labels.append(example["label"])

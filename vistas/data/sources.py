@@ -185,7 +185,7 @@ def decode_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             return _pil_to_array(img, channels)
-    except Exception as e:  # noqa: BLE001 - any decoder failure means a bad file
+    except Exception as e:  # any decoder failure means a bad file
         reason = str(e) or type(e).__name__
         raise DataError(f"cannot decode image {path}: {reason}") from None
 

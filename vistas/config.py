@@ -1,0 +1,274 @@
+"""Typed run configuration, ``--set`` overrides and validation.
+
+A run is a function of its :class:`Config` (and the seed in it). Overrides are written
+``section.key=value``; the value is parsed as a Python literal (``ast.literal_eval``,
+never ``eval``) and checked against the field's type. Bare words are taken as strings.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from typing import Any, Union
+
+from vistas.errors import ConfigError
+
+Duration = Union[int, str]  # steps (int), or "3ep", "50000ex", "10%"
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the images come from and how they are augmented."""
+
+    dataset: str = "fashion_mnist"  # catalog name, "npz" or "folder"
+    path: str | None = None  # file/folder for "npz" and "folder"
+    data_dir: str | None = None  # extra place to look for catalog datasets
+    train_split: str = "train"  # TFDS-like slices allowed: "train[:50000]"
+    eval_splits: list[str] = dataclasses.field(default_factory=lambda: ["test"])
+    num_train_examples: int | None = None  # seeded random subset of the train split
+    image_size: int = 224
+    channels: int = 3
+    batch_size: int = 128  # global, over all devices and processes
+    eval_batch_size: int = 500
+    crop: str = "inception"  # "inception", "random_pad" or "none"
+    inception_area: tuple[float, float] = (0.05, 1.0)
+    pad: int = 4
+    flip: bool = True
+    value_range: tuple[float, float] = (-1.0, 1.0)
+    eval_crop_fraction: float = 1.0
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """A registry name plus options; size fields left ``None`` come from the variant."""
+
+    name: str = "vit-Ti/16"
+    pool: str = "gap"
+    posemb: str = "learn"
+    head_zeroinit: bool = True
+    head_bias_init: float = 0.0
+    dropout: float = 0.0
+    width: int | None = None
+    depth: int | None = None
+    mlp_dim: int | None = None
+    num_heads: int | None = None
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """Optimizer; weight decay is decoupled: Δθ = -sched(t)·(lr·u(g) + wd·mult(θ)·θ)."""
+
+    name: str = "adam"
+    lr: float = 1e-3
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    mu_dtype: str | None = None  # "bfloat16": the paper's half-precision first moment
+    momentum: float = 0.9
+    wd: float = 1e-4
+    wd_mults: list[tuple[str, float]] = dataclasses.field(
+        default_factory=lambda: [(".*/kernel", 1.0)]
+    )
+    lr_mults: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    frozen: list[str] = dataclasses.field(default_factory=list)
+    grad_clip_norm: float | None = 1.0
+
+
+@dataclasses.dataclass
+class ScheduleConfig:
+    """Multiplier of ``optim.lr``: warmup, decay, optional linear cooldown."""
+
+    warmup: Duration = "5%"
+    decay: str = "cosine"  # "rsqrt", "cosine", "linear" or "constant"
+    timescale: Duration = 10_000
+    cooldown: Duration = 0
+    min_value: float = 0.0
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Length of training, loss, and the cadence of logs, evals and checkpoints."""
+
+    seed: int = 0
+    duration: Duration = "10ep"
+    loss: str = "softmax_xent"  # or "sigmoid_xent"
+    log_every: Duration = 50
+    eval_every: Duration = "1ep"
+    ckpt_every: Duration = 500
+    keep: int = 2  # last checkpoints kept
+    keep_every: int | None = None  # also keep every checkpoint whose step is a multiple
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class Config:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        cfg = cls()
+        for section, values in d.items():
+            for key, value in values.items():
+                set_value(cfg, f"{section}.{key}", value)
+        validate(cfg)
+        return cfg
+
+
+# Keys that may change between a run and its resumption without changing the run.
+NON_IDENTITY_KEYS = {
+    "train.log_every", "train.eval_every", "train.ckpt_every", "train.keep",
+    "train.keep_every", "train.progress", "data.eval_batch_size", "data.eval_splits",
+    "data.data_dir",
+}
+
+
+def all_keys(cfg: Config | None = None) -> list[str]:
+    cfg = cfg or Config()
+    return [
+        f"{s.name}.{f.name}"
+        for s in dataclasses.fields(cfg)
+        for f in dataclasses.fields(getattr(cfg, s.name))
+    ]
+
+
+def _field_type(section_obj: Any, key: str) -> Any:
+    return typing.get_type_hints(type(section_obj))[key]
+
+
+def _type_name(tp: Any) -> str:
+    if tp is Duration:
+        return "a duration (steps as int, or '3ep', '50000ex', '10%')"
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Checks ``value`` against type ``tp``; converts lists to tuples and ints to floats."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    bad = ConfigError(f"{key}={value!r} has the wrong type; expected {_type_name(tp)}")
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise bad
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise bad
+            return tuple(coerce(v, a, key) for v, a in zip(value, args, strict=True))
+        item = args[0] if args else Any
+        items = [coerce(v, item, key) for v in value]
+        return tuple(items) if origin is tuple else items
+    raise ConfigError(f"{key}: unsupported field type {tp}")
+
+
+def _resolve(cfg: Config, key: str) -> tuple[Any, str]:
+    section, dot, name = key.partition(".")
+    valid = all_keys(cfg)
+    if not dot or key not in valid:
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+        raise ConfigError(f"unknown config key {key!r}{hint}")
+    return getattr(cfg, section), name
+
+
+def set_value(cfg: Config, key: str, value: Any) -> None:
+    obj, name = _resolve(cfg, key)
+    setattr(obj, name, coerce(value, _field_type(obj, name), key))
+
+
+def get_value(cfg: Config, key: str) -> Any:
+    obj, name = _resolve(cfg, key)
+    return getattr(obj, name)
+
+
+def parse_literal(text: str) -> Any:
+    """A Python literal, or the text itself when it is not one (bare words are strings)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Applies ``key.path=value`` strings in order; the result is validated."""
+    for item in overrides:
+        key, eq, text = item.partition("=")
+        if not eq:
+            raise ConfigError(f"override {item!r} is not key=value, e.g. optim.lr=0.001")
+        set_value(cfg, key.strip(), parse_literal(text.strip()))
+    validate(cfg)
+    return cfg
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def validate(cfg: Config) -> None:
+    """Checks values that a type alone cannot; each failure is one line."""
+    d, m, o, s, t = cfg.data, cfg.model, cfg.optim, cfg.schedule, cfg.train
+    _check(d.image_size > 0, f"data.image_size={d.image_size} must be positive")
+    _check(d.channels in (1, 3), f"data.channels={d.channels} must be 1 or 3")
+    _check(d.batch_size > 0, f"data.batch_size={d.batch_size} must be positive")
+    _check(d.eval_batch_size > 0, f"data.eval_batch_size={d.eval_batch_size} must be positive")
+    crops = ("inception", "random_pad", "none")
+    _check(d.crop in crops, f"data.crop={d.crop!r} is not known; use one of {', '.join(crops)}")
+    lo, hi = d.inception_area
+    _check(0 < lo <= hi <= 1, f"data.inception_area={d.inception_area} must satisfy 0 < lo <= hi <= 1")
+    _check(d.value_range[0] < d.value_range[1], f"data.value_range={d.value_range} must be (lo, hi) with lo < hi")
+    _check(0 < d.eval_crop_fraction <= 1, f"data.eval_crop_fraction={d.eval_crop_fraction} must be in (0, 1]")
+    _check(d.num_train_examples is None or d.num_train_examples > 0,
+           f"data.num_train_examples={d.num_train_examples} must be positive")
+    _check(0 <= m.dropout < 1, f"model.dropout={m.dropout} must be in [0, 1)")
+    losses = ("softmax_xent", "sigmoid_xent")
+    _check(t.loss in losses, f"train.loss={t.loss!r} is not known; use one of {', '.join(losses)}")
+    _check(t.keep >= 1, f"train.keep={t.keep} must be at least 1")
+    _check(t.keep_every is None or t.keep_every > 0, f"train.keep_every={t.keep_every} must be positive")
+    _check(o.lr > 0, f"optim.lr={o.lr} must be positive")
+    _check(o.mu_dtype in (None, "float32", "bfloat16"),
+           f"optim.mu_dtype={o.mu_dtype!r} is not known; use None, 'float32' or 'bfloat16'")
+    del s

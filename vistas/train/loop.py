@@ -1,0 +1,406 @@
+"""The supervised training loop: config -> data -> step -> state -> checkpoint/metrics -> eval.
+
+``train(cfg, workdir)`` is the whole run. It resumes from the latest checkpoint in
+``workdir`` when the config there is the same run, writes ``config.json``,
+``metrics.jsonl``, TensorBoard events, checkpoints and ``curves.png``, saves a checkpoint
+and exits cleanly on SIGTERM/SIGINT, and stops with a clear message on a non-finite loss
+without touching the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import pathlib
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+import numpy as np
+from flax import nnx
+
+from vistas import checkpoint as ckpt_lib
+from vistas import config as config_lib
+from vistas.config import Config
+from vistas.data import pipeline, sources, transforms
+from vistas.errors import ConfigError, VistasError
+from vistas.models import registry
+from vistas.optim import builder, schedules
+from vistas.systems import mesh as mesh_lib
+from vistas.train import losses, step as step_lib
+from vistas.train.metrics import MetricsWriter, plot_curves
+
+
+class TrainingDiverged(VistasError):
+    """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything built from a config, before any training step."""
+
+    cfg: Config
+    train_source: Any
+    eval_sources: dict[str, Any]
+    num_classes: int
+    model: nnx.Module
+    graphdef: Any
+    rest: Any
+    params: Any
+    tx: Any
+    schedule: Callable
+    total_steps: int
+    steps_per_epoch: float
+
+    def duration(self, value: Any, name: str) -> int:
+        return schedules.parse_duration(
+            value, name=name, steps_per_epoch=self.steps_per_epoch,
+            batch_size=self.cfg.data.batch_size, total_steps=self.total_steps,
+        )
+
+    def lr_at(self, step: Any) -> jax.Array:
+        return builder.current_lr(self.schedule, self.cfg.optim.lr, step)
+
+
+def _load(cfg: Config, split: str) -> Any:
+    d = cfg.data
+    return sources.load_source(d.dataset, split, data_dir=d.data_dir, path=d.path, channels=d.channels)
+
+
+def build_sources(cfg: Config, *, with_train: bool = True) -> tuple[Any, dict[str, Any], int]:
+    train = _load(cfg, cfg.data.train_split) if with_train else None
+    evals = {split: _load(cfg, split) for split in cfg.data.eval_splits}
+    any_source = train if train is not None else next(iter(evals.values()), None)
+    if any_source is None:
+        raise ConfigError("data.eval_splits is empty and no train split was loaded")
+    num_classes = int(any_source.num_classes)
+    n = cfg.data.num_train_examples
+    if train is not None and n is not None:
+        if n > len(train):
+            raise ConfigError(
+                f"data.num_train_examples={n} exceeds the {len(train)} examples of "
+                f"{cfg.data.dataset}:{cfg.data.train_split}"
+            )
+        rng = np.random.default_rng(cfg.train.seed)
+        train = sources.Subset(train, np.sort(rng.choice(len(train), n, replace=False)))
+    return train, evals, num_classes
+
+
+def build_model(cfg: Config, num_classes: int) -> nnx.Module:
+    m = cfg.model
+    options = dict(
+        image_size=cfg.data.image_size, channels=cfg.data.channels, pool=m.pool,
+        posemb=m.posemb, head_zeroinit=m.head_zeroinit, head_bias_init=m.head_bias_init,
+        dropout=m.dropout, width=m.width, depth=m.depth, mlp_dim=m.mlp_dim, num_heads=m.num_heads,
+    )
+    return registry.create(m.name, num_classes=num_classes, seed=cfg.train.seed, **options)
+
+
+def build(cfg: Config, *, with_train: bool = True) -> Experiment:
+    train_source, eval_sources, num_classes = build_sources(cfg, with_train=with_train)
+    model = build_model(cfg, num_classes)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    params = params.to_pure_dict()
+    n_train = len(train_source) if train_source is not None else 1
+    steps_per_epoch = n_train / cfg.data.batch_size
+    total = schedules.parse_duration(
+        cfg.train.duration, name="train.duration", steps_per_epoch=steps_per_epoch,
+        batch_size=cfg.data.batch_size,
+    )
+    if total <= 0:
+        raise ConfigError(f"train.duration={cfg.train.duration!r} gives {total} steps; need at least 1")
+
+    def dur(value: Any, name: str) -> int:
+        return schedules.parse_duration(value, name=name, steps_per_epoch=steps_per_epoch,
+                                        batch_size=cfg.data.batch_size, total_steps=total)
+
+    s = cfg.schedule
+    schedule = schedules.make_schedule(
+        total_steps=total, warmup_steps=dur(s.warmup, "schedule.warmup"), decay=s.decay,
+        timescale=max(1, dur(s.timescale, "schedule.timescale")),
+        cooldown_steps=dur(s.cooldown, "schedule.cooldown"), min_value=s.min_value,
+    )
+    o = cfg.optim
+    tx = builder.build_optimizer(
+        params, name=o.name, lr=o.lr, schedule=schedule, b1=o.b1, b2=o.b2, eps=o.eps,
+        mu_dtype=o.mu_dtype, momentum=o.momentum, wd=o.wd, wd_mults=o.wd_mults,
+        lr_mults=o.lr_mults, frozen=o.frozen, grad_clip_norm=o.grad_clip_norm,
+    )
+    return Experiment(cfg, train_source, eval_sources, num_classes, model, graphdef, rest, params,
+                      tx, schedule, total, steps_per_epoch)
+
+
+def evaluate(exp: Experiment, params: Any, mesh: Any, eval_step: Callable | None = None) -> dict[str, float]:
+    """Top-1 and loss on every ``data.eval_splits`` split; each example counted exactly once."""
+    d = exp.cfg.data
+    mesh_lib.check_batch_size(d.eval_batch_size, mesh, "data.eval_batch_size")
+    if eval_step is None:
+        eval_step = jax.jit(step_lib.make_eval_step(exp.graphdef, exp.rest, losses.get(exp.cfg.train.loss)))
+    transform = transforms.make_eval_transform(
+        image_size=d.image_size, crop_fraction=d.eval_crop_fraction, value_range=d.value_range)
+    results: dict[str, float] = {}
+    for split, source in exp.eval_sources.items():
+        totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
+        for batch in pipeline.eval_batches(
+            source, global_batch_size=d.eval_batch_size, transform=transform,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+        ):
+            sums = eval_step(params, mesh_lib.put_batch(batch, mesh))
+            for k in totals:
+                totals[k] += float(sums[k])
+        if int(totals["count"]) != len(source):
+            raise RuntimeError(f"evaluated {totals['count']} examples of {split}, expected {len(source)}")
+        results[f"eval/{split}/top1"] = totals["correct"] / totals["count"]
+        results[f"eval/{split}/loss"] = totals["loss"] / totals["count"]
+    return results
+
+
+def _check_same_run(workdir: pathlib.Path, cfg: Config) -> None:
+    saved_path = workdir / "config.json"
+    if not saved_path.exists():
+        return
+    saved = json.loads(saved_path.read_text())
+    now = cfg.to_dict()
+    diffs = []
+    for section, values in now.items():
+        for key, value in values.items():
+            full = f"{section}.{key}"
+            old = saved.get(section, {}).get(key, "<absent>")
+            if full not in config_lib.NON_IDENTITY_KEYS and old != value:
+                diffs.append(f"{full}: {old!r} -> {value!r}")
+    if diffs:
+        raise ConfigError(
+            f"{workdir} holds a checkpoint of a different run ({'; '.join(diffs[:3])}); "
+            "use a new --workdir, or the same settings to resume"
+        )
+
+
+class _StopSignal:
+    """Turns SIGTERM/SIGINT into a flag checked between steps."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class _Progress:
+    """A rich progress bar on a terminal; plain log lines otherwise."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.total = total
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=total, completed=start, info="")
+
+    def update(self, step: int, info: str, *, log_line: bool) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=info)
+        elif log_line:
+            print(f"step {step}/{self.total}  {info}", flush=True)
+
+    def print(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = None,
+          quiet: bool = False) -> dict[str, Any]:
+    """Trains (or resumes) the run described by ``cfg`` in ``workdir``; returns a summary.
+
+    ``stop_after`` ends the session after that many steps in total (as if preempted), which
+    tests use to split a run in two.
+    """
+    config_lib.validate(cfg)
+    workdir = pathlib.Path(workdir)
+    is_main = jax.process_index() == 0
+    ckpt_dir = workdir / "checkpoints"
+    mesh = mesh_lib.data_mesh()
+    mesh_lib.check_batch_size(cfg.data.batch_size, mesh)
+
+    exp = build(cfg)
+    t = cfg.train
+    log_every = max(1, exp.duration(t.log_every, "train.log_every"))
+    eval_every = max(1, exp.duration(t.eval_every, "train.eval_every"))
+    ckpt_every = max(1, exp.duration(t.ckpt_every, "train.ckpt_every"))
+
+    checkpointer = ckpt_lib.Checkpointer(ckpt_dir, keep=t.keep, keep_every=t.keep_every)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        _check_same_run(workdir, cfg)
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        tmp = workdir / "config.json.tmp"
+        tmp.write_text(cfg.to_json())
+        tmp.replace(workdir / "config.json")
+
+    d = cfg.data
+    train_transform = transforms.make_train_transform(
+        image_size=d.image_size, crop=d.crop, inception_area=d.inception_area, pad=d.pad,
+        flip=d.flip, value_range=d.value_range)
+    data_it = pipeline.train_iterator(
+        exp.train_source, global_batch_size=d.batch_size, seed=t.seed, transform=train_transform,
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+    repl = mesh_lib.replicated(mesh)
+    state = jax.device_put(step_lib.init_state(exp.params, exp.tx, t.seed), repl)
+    if latest is not None:
+        state, data_state = checkpointer.restore(latest, state)
+        data_it.set_state(data_state)
+    start = int(state["step"])
+
+    loss_fn = losses.get(t.loss)
+    train_step = jax.jit(
+        step_lib.make_train_step(exp.graphdef, exp.rest, exp.tx, loss_fn, exp.lr_at,
+                                 use_rng=cfg.model.dropout > 0),
+        out_shardings=(repl, None),
+        donate_argnums=(0,) if jax.default_backend() != "cpu" else (),
+    )
+    eval_step = jax.jit(step_lib.make_eval_step(exp.graphdef, exp.rest, loss_fn))
+
+    writer = MetricsWriter(workdir, enabled=is_main)
+    writer.truncate_after(start)
+    say = (lambda s: None) if quiet else print
+    say(f"vistas: {cfg.model.name} ({registry.count_params(exp.model):,} params) on "
+        f"{d.dataset}:{d.train_split} ({len(exp.train_source):,} examples), "
+        f"{exp.total_steps} steps of batch {d.batch_size}, {len(jax.devices())} device(s); "
+        + (f"resuming at step {start}" if start else "starting"))
+
+    progress = _Progress(exp.total_steps, start, enabled=t.progress and not quiet)
+    step = start
+    last_saved = latest
+    eval_results: dict[str, float] = {}
+    interrupted = False
+    tick, tick_step = time.perf_counter(), step
+    try:
+        with _StopSignal() as stop:
+            batch = next(data_it) if step < exp.total_steps else None
+            while step < exp.total_steps:
+                state, metrics = train_step(state, mesh_lib.put_batch(batch, mesh))
+                data_state = data_it.get_state()
+                batch = next(data_it) if step + 1 < exp.total_steps else None
+                loss = float(metrics["train/loss"])
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss is {loss} at step {step + 1}; stopped without saving. The last good "
+                        f"checkpoint (step {last_saved}) is kept in {ckpt_dir}; lower optim.lr or "
+                        "check the data"
+                    )
+                step += 1
+                if step % log_every == 0 or step == exp.total_steps:
+                    now = time.perf_counter()
+                    row = {k: float(v) for k, v in metrics.items()}
+                    row["train/examples_per_sec"] = (step - tick_step) * d.batch_size / max(now - tick, 1e-9)
+                    row["train/epoch"] = step / exp.steps_per_epoch
+                    tick, tick_step = now, step
+                    writer.write(step, row)
+                    progress.update(step, f"loss {loss:.4f}  {row['train/examples_per_sec']:.0f} img/s",
+                                    log_line=not quiet)
+                else:
+                    progress.update(step, f"loss {loss:.4f}", log_line=False)
+                if step % eval_every == 0 or step == exp.total_steps:
+                    eval_results = evaluate(exp, state["params"], mesh, eval_step)
+                    writer.write(step, eval_results)
+                    if not quiet:
+                        progress.print(f"step {step}: " + "  ".join(
+                            f"{k}={v:.4f}" for k, v in eval_results.items()))
+                    tick = time.perf_counter()
+                stopping = stop.received is not None or (stop_after is not None and step >= stop_after)
+                if step % ckpt_every == 0 or step == exp.total_steps or stopping:
+                    checkpointer.save(step, state, data_state)
+                    last_saved = step
+                if stopping:
+                    interrupted = True
+                    if stop.received is not None and not quiet:
+                        progress.print(f"received signal {stop.received}: saved step {step}; "
+                                       "run the same command to resume")
+                    break
+    finally:
+        progress.close()
+        data_it.close()
+        checkpointer.close()
+        writer.close()
+
+    curves = plot_curves(workdir / "metrics.jsonl", workdir / "curves.png") if is_main else None
+    summary = {
+        "step": step, "total_steps": exp.total_steps, "finished": step >= exp.total_steps,
+        "interrupted": interrupted, "workdir": str(workdir), "checkpoints": str(ckpt_dir),
+        "curves": str(curves) if curves else None, **eval_results,
+    }
+    if is_main:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def final_params(workdir: str | pathlib.Path, cfg: Config | None = None, step: int | None = None) -> tuple[Experiment, Any, int]:
+    """Rebuilds the experiment of ``workdir`` and restores the parameters of a checkpoint."""
+    workdir = pathlib.Path(workdir)
+    if cfg is None:
+        path = workdir / "config.json"
+        if not path.exists():
+            raise VistasError(f"{workdir} holds no run (no config.json); train one with `vistas train`")
+        cfg = Config.from_dict(json.loads(path.read_text()))
+    exp = build(cfg)
+    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", read_only=True)
+    found = checkpointer.latest_step() if step is None else step
+    if found is None:
+        raise VistasError(f"{workdir / 'checkpoints'} holds no checkpoint to evaluate")
+    mesh = mesh_lib.data_mesh()
+    state = jax.device_put(step_lib.init_state(exp.params, exp.tx, cfg.train.seed), mesh_lib.replicated(mesh))
+    with contextlib.closing(checkpointer):
+        state, _ = checkpointer.restore(found, state)
+    return exp, state["params"], found
+
+
+def evaluate_workdir(workdir: str | pathlib.Path, *, splits: list[str] | None = None,
+                     step: int | None = None) -> dict[str, Any]:
+    """Evaluates a checkpoint of ``workdir`` (the latest by default) and writes ``eval_<step>.json``."""
+    workdir = pathlib.Path(workdir)
+    path = workdir / "config.json"
+    if not path.exists():
+        raise VistasError(f"{workdir} holds no run (no config.json); train one with `vistas train`")
+    cfg = Config.from_dict(json.loads(path.read_text()))
+    if splits:
+        cfg.data.eval_splits = list(splits)
+    exp, params, found = final_params(workdir, cfg, step)
+    results = {"step": found, **evaluate(exp, params, mesh_lib.data_mesh())}
+    if jax.process_index() == 0:
+        (workdir / f"eval_{found}.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+__all__ = ["Experiment", "TrainingDiverged", "build", "evaluate", "evaluate_workdir", "final_params", "train"]
+

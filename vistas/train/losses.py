@@ -1,0 +1,38 @@
+"""Classification losses on logits [B, K] and integer labels [B]."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from vistas.errors import ConfigError
+
+
+def softmax_xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy, [B]."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def sigmoid_xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example sigmoid cross-entropy summed over classes, [B] (multi-label style).
+
+    Pair it with ``model.head_bias_init`` (e.g. -10) so the initial loss is small, as in
+    the ViT-22B and big_vision recipes.
+    """
+    onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+    return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), onehot).sum(-1)
+
+
+LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "softmax_xent": softmax_xent,
+    "sigmoid_xent": sigmoid_xent,
+}
+
+
+def get(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    if name not in LOSSES:
+        raise ConfigError(f"train.loss={name!r} is not known; use one of {', '.join(LOSSES)}")
+    return LOSSES[name]

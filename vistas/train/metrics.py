@@ -1,0 +1,102 @@
+"""Metrics: JSON lines in ``metrics.jsonl``, TensorBoard event files, and PNG curves."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Any
+
+
+def _plain(v: Any) -> Any:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    return f if math.isfinite(f) else None
+
+
+class MetricsWriter:
+    """Appends ``{"step": ..., name: value}`` rows; mirrors scalars to TensorBoard."""
+
+    def __init__(self, workdir: pathlib.Path, *, enabled: bool = True, tensorboard: bool = True):
+        self.path = workdir / "metrics.jsonl"
+        self.enabled = enabled
+        self._tb = None
+        if enabled and tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        """Drops rows logged after ``step`` (by a run that was killed and is now resumed)."""
+        if not self.enabled or not self.path.exists():
+            return
+        rows = read_metrics(self.path)
+        kept = [r for r in rows if r.get("step", 0) <= step]
+        if len(kept) != len(rows):
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            tmp.replace(self.path)
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, float):
+                    self._tb.add_scalar(k, v, int(step))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+
+
+def read_metrics(path: pathlib.Path) -> list[dict]:
+    rows = []
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+    return rows
+
+
+def plot_curves(metrics_path: pathlib.Path, out_path: pathlib.Path) -> pathlib.Path | None:
+    """Training loss and eval top-1 against steps, as one PNG."""
+    rows = read_metrics(metrics_path)
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    series: dict[str, tuple[list, list]] = {}
+    for r in rows:
+        for k, v in r.items():
+            if k != "step" and isinstance(v, (int, float)) and (k.endswith("loss") or k.endswith("top1")):
+                xs, ys = series.setdefault(k, ([], []))
+                xs.append(r["step"])
+                ys.append(v)
+    for k, (xs, ys) in sorted(series.items()):
+        ax = ax_loss if k.endswith("loss") else ax_acc
+        ax.plot(xs, ys, label=k, marker="o" if k.startswith("eval") else None, markersize=3)
+    for ax, title in ((ax_loss, "loss"), (ax_acc, "top-1 accuracy")):
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    ax_loss.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
