@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import http.client
 import os
 import pathlib
 import shutil
@@ -217,7 +218,7 @@ def fetch(name: str, data_dir: str | os.PathLike | None = None) -> pathlib.Path:
         remote = f"{base}.gz"
         try:
             _download(info.url + remote, cache / remote, info.md5.get(remote))
-        except (urllib.error.URLError, OSError) as e:
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
             errors.append(f"{remote}: {getattr(e, 'reason', e)}")
             break
     if errors:

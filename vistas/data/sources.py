@@ -378,6 +378,7 @@ def load_source(
     """A random-access source for dataset `name` ('fashion_mnist', 'npz' or 'folder') and `split`.
 
     `split` may be sliced: 'train', 'train[:50000]', 'train[50000:]', 'test[:10%]'.
+    `path` is the .npz file or the image folder; for catalog datasets it acts as `data_dir`.
     `channels` (1 or 3) converts gray <-> RGB when it differs from the source's own.
     """
     if channels not in (None, 1, 3):
@@ -397,7 +398,7 @@ def load_source(
             raise DataError(
                 f"dataset {name!r} has no split {split_name!r}; splits: {', '.join(info.splits)}"
             )
-        directory = catalog.find(name, data_dir)
+        directory = catalog.find(name, data_dir if data_dir is not None else path)
         if directory is None:
             raise DataError(f"dataset {name} not found; {catalog.how_to_fix(name)}")
         source = _sliced(load_idx_dataset(directory, info, split_name), split)
