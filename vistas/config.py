@@ -228,8 +228,8 @@ def parse_literal(text: str) -> Any:
     """A Python literal, or the text itself when it is not one (bare words are strings)."""
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text  # TypeError: e.g. "{[]: 1}" (unhashable); the rest: malformed or too deep
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:

@@ -12,7 +12,7 @@ def config() -> Config:
     cfg = Config()
     d = cfg.data
     d.dataset, d.image_size, d.channels = "fashion_mnist", 28, 1
-    d.num_train_examples, d.batch_size, d.eval_batch_size = 2048, 64, 500
+    d.num_train_examples, d.batch_size, d.eval_batch_size = 2048, 64, 1000  # both divisible by 8 devices
     d.eval_splits = ["test[:1000]"]
     d.crop, d.flip = "none", False
     m = cfg.model

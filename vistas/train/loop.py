@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -33,12 +33,30 @@ from vistas.errors import ConfigError, VistasError
 from vistas.models import registry
 from vistas.optim import builder, schedules
 from vistas.systems import mesh as mesh_lib
-from vistas.train import losses, step as step_lib
+from vistas.train import losses
+from vistas.train import step as step_lib
 from vistas.train.metrics import MetricsWriter, plot_curves
 
 
 class TrainingDiverged(VistasError):
     """The loss became NaN or infinite."""
+
+
+def _diverged(what: str, last_saved: int | None, ckpt_dir: pathlib.Path) -> str:
+    kept = (f"the last good checkpoint (step {last_saved}) is kept in {ckpt_dir}"
+            if last_saved is not None else "no checkpoint had been saved")
+    return f"{what}; stopped without saving; {kept}; lower optim.lr or check the data"
+
+
+@jax.jit
+def _finite_leaves(leaves: list) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _all_finite(tree: Any) -> bool:
+    """Whether every floating-point leaf of ``tree`` is finite (checked before each save)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return not leaves or bool(_finite_leaves(leaves))
 
 
 @dataclasses.dataclass
@@ -211,7 +229,13 @@ class _Progress:
         self.total = total
         self.bar = None
         if enabled and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             self.bar = Progress(
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
@@ -250,6 +274,7 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
     ckpt_dir = workdir / "checkpoints"
     mesh = mesh_lib.data_mesh()
     mesh_lib.check_batch_size(cfg.data.batch_size, mesh)
+    mesh_lib.check_batch_size(cfg.data.eval_batch_size, mesh, "data.eval_batch_size")  # not after training
 
     exp = build(cfg)
     t = cfg.train
@@ -314,11 +339,7 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
                 batch = next(data_it) if step + 1 < exp.total_steps else None
                 loss = float(metrics["train/loss"])
                 if not math.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"loss is {loss} at step {step + 1}; stopped without saving. The last good "
-                        f"checkpoint (step {last_saved}) is kept in {ckpt_dir}; lower optim.lr or "
-                        "check the data"
-                    )
+                    raise TrainingDiverged(_diverged(f"loss is {loss} at step {step + 1}", last_saved, ckpt_dir))
                 step += 1
                 if step % log_every == 0 or step == exp.total_steps:
                     now = time.perf_counter()
@@ -340,6 +361,9 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
                     tick = time.perf_counter()
                 stopping = stop.received is not None or (stop_after is not None and step >= stop_after)
                 if step % ckpt_every == 0 or step == exp.total_steps or stopping:
+                    if not _all_finite(state):  # a finite loss can come with non-finite updates
+                        raise TrainingDiverged(_diverged(
+                            f"parameters or optimizer state are non-finite at step {step}", last_saved, ckpt_dir))
                     checkpointer.save(step, state, data_state)
                     last_saved = step
                 if stopping:
@@ -348,6 +372,8 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
                         progress.print(f"received signal {stop.received}: saved step {step}; "
                                        "run the same command to resume")
                     break
+        if not eval_results and step >= exp.total_steps:  # a finished run, asked again
+            eval_results = evaluate(exp, state["params"], mesh, eval_step)
     finally:
         progress.close()
         data_it.close()
