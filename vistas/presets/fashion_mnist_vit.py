@@ -14,12 +14,12 @@ def config() -> Config:
     d.dataset, d.image_size, d.channels = "fashion_mnist", 28, 1
     d.batch_size, d.eval_batch_size = 128, 1000
     d.eval_splits = ["test"]
-    d.crop, d.pad, d.flip = "random_pad", 2, True
+    d.crop, d.flip = "none", True  # crops slow learning down in a 5-epoch run
     m = cfg.model
     m.name, m.width, m.depth, m.mlp_dim, m.num_heads = "vit-S/7", 128, 4, 512, 4
     o = cfg.optim
     o.lr, o.wd = 2e-3, 1e-4
     cfg.schedule.warmup, cfg.schedule.decay = "3%", "cosine"
     t = cfg.train
-    t.duration, t.log_every, t.eval_every, t.ckpt_every = "6ep", 50, "1ep", 500
+    t.duration, t.log_every, t.eval_every, t.ckpt_every = "5ep", 50, "1ep", 500
     return cfg

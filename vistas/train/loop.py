@@ -348,8 +348,9 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
                     row["train/epoch"] = step / exp.steps_per_epoch
                     tick, tick_step = now, step
                     writer.write(step, row)
-                    progress.update(step, f"loss {loss:.4f}  {row['train/examples_per_sec']:.0f} img/s",
-                                    log_line=not quiet)
+                    eta = (exp.total_steps - step) * d.batch_size / max(row["train/examples_per_sec"], 1e-9)
+                    progress.update(step, f"loss {loss:.4f}  {row['train/examples_per_sec']:.0f} img/s  "
+                                          f"eta {eta / 60:.1f} min", log_line=not quiet)
                 else:
                     progress.update(step, f"loss {loss:.4f}", log_line=False)
                 if step % eval_every == 0 or step == exp.total_steps:
