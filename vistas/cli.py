@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     except VistasError as e:
         print(f"vistas: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `vistas presets | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("vistas: interrupted", file=sys.stderr)
         return 130

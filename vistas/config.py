@@ -17,7 +17,7 @@ from typing import Any, Union
 
 from vistas.errors import ConfigError
 
-Duration = Union[int, str]  # steps (int), or "3ep", "50000ex", "10%"
+Duration = int | str  # steps (int), or "3ep", "50000ex", "10%"
 
 
 @dataclasses.dataclass

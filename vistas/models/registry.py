@@ -68,7 +68,8 @@ def create(name: str, *, num_classes: int, seed: int = 0, **options: Any) -> nnx
         return FAMILIES[family](variant, num_classes=num_classes, rngs=nnx.Rngs(seed), **options)
     except ConfigError as e:
         if "unknown ViT variant" in str(e):
-            close = difflib.get_close_matches(name, names(), n=1, cutoff=0.5)
+            same_case = [n for n in names() if n.lower() == name.lower()]
+            close = same_case or difflib.get_close_matches(name, names(), n=1, cutoff=0.5)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"unknown model {name!r}{hint}; see `vistas models` for the list") from None
         raise

@@ -34,7 +34,8 @@ class MetricsWriter:
             return
         rows = read_metrics(self.path)
         kept = [r for r in rows if r.get("step", 0) <= step]
-        if len(kept) != len(rows):
+        cut_short = not self.path.read_text().endswith("\n")  # the next row would join it
+        if len(kept) != len(rows) or cut_short:
             tmp = self.path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
             tmp.replace(self.path)
