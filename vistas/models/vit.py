@@ -183,7 +183,7 @@ class MAPHead(nnx.Module):
         self.mlp = MLP(cfg.width, cfg.mlp_dim, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        probe = jnp.broadcast_to(self.probe.value, (x.shape[0], 1, x.shape[-1])).astype(x.dtype)
+        probe = jnp.broadcast_to(self.probe[...], (x.shape[0], 1, x.shape[-1])).astype(x.dtype)
         x = self.attn(probe, x)
         x = x + self.mlp(self.norm(x))
         return x[:, 0]
@@ -244,9 +244,9 @@ class VisionTransformer(nnx.Module):
         if h % p or w % p:
             raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}")
         x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-        kernel = self.embedding.kernel.value.reshape(p * p * c, -1)  # [p*p*C, D]
+        kernel = self.embedding.kernel[...].reshape(p * p * c, -1)  # [p*p*C, D]
         x = x.reshape(b, h // p, w // p, p * p * c) @ kernel.astype(x.dtype)
-        return x + self.embedding.bias.value.astype(x.dtype)
+        return x + self.embedding.bias[...].astype(x.dtype)
 
     def forward_features(self, images: jax.Array, rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
         """[B, H, W, C] images -> [B, D] pooled features and the named intermediates."""
@@ -256,12 +256,12 @@ class VisionTransformer(nnx.Module):
         b, h, w, d = x.shape
         x = x.reshape(b, h * w, d)  # [B, N, D]
         if self.cfg.posemb == "learn":
-            x = x + self.pos_embedding.value
+            x = x + self.pos_embedding[...]
         else:
             x = x + posemb_sincos_2d(h, d).astype(x.dtype)
         out["with_posemb"] = x
         if self.cfg.pool == "tok":
-            x = jnp.concatenate([jnp.broadcast_to(self.cls.value, (b, 1, d)), x], axis=1)
+            x = jnp.concatenate([jnp.broadcast_to(self.cls[...], (b, 1, d)), x], axis=1)
         r_drop, r_enc = _split(rng, 2)
         x = dropout(x, self.cfg.dropout, r_drop)
         x = self.encoder(x, out, r_enc)

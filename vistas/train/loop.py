@@ -124,7 +124,7 @@ def build(cfg: Config, *, with_train: bool = True) -> Experiment:
     train_source, eval_sources, num_classes = build_sources(cfg, with_train=with_train)
     model = build_model(cfg, num_classes)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    params = params.to_pure_dict()
+    params = nnx.to_pure_dict(params)
     n_train = len(train_source) if train_source is not None else 1
     steps_per_epoch = n_train / cfg.data.batch_size
     total = schedules.parse_duration(

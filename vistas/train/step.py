@@ -44,7 +44,7 @@ def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransfo
         metrics = {
             "train/loss": loss,
             "train/top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-            "train/grad_norm": optax.global_norm(grads),
+            "train/grad_norm": optax.tree.norm(grads),
             "train/lr": lr_fn(state["step"]),
         }
         new_state = {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}
