@@ -392,14 +392,18 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
     return summary
 
 
+def load_config(workdir: pathlib.Path) -> Config:
+    """The resolved config a run wrote into ``workdir``."""
+    path = workdir / "config.json"
+    if not path.exists():
+        raise VistasError(f"{workdir} holds no run (no config.json); train one with `vistas train`")
+    return Config.from_dict(json.loads(path.read_text()))
+
+
 def final_params(workdir: str | pathlib.Path, cfg: Config | None = None, step: int | None = None) -> tuple[Experiment, Any, int]:
     """Rebuilds the experiment of ``workdir`` and restores the parameters of a checkpoint."""
     workdir = pathlib.Path(workdir)
-    if cfg is None:
-        path = workdir / "config.json"
-        if not path.exists():
-            raise VistasError(f"{workdir} holds no run (no config.json); train one with `vistas train`")
-        cfg = Config.from_dict(json.loads(path.read_text()))
+    cfg = load_config(workdir) if cfg is None else cfg
     exp = build(cfg)
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", read_only=True)
     found = checkpointer.latest_step() if step is None else step
@@ -416,10 +420,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, *, splits: list[str] | None = 
                      step: int | None = None) -> dict[str, Any]:
     """Evaluates a checkpoint of ``workdir`` (the latest by default) and writes ``eval_<step>.json``."""
     workdir = pathlib.Path(workdir)
-    path = workdir / "config.json"
-    if not path.exists():
-        raise VistasError(f"{workdir} holds no run (no config.json); train one with `vistas train`")
-    cfg = Config.from_dict(json.loads(path.read_text()))
+    cfg = load_config(workdir)
     if splits:
         cfg.data.eval_splits = list(splits)
     exp, params, found = final_params(workdir, cfg, step)
