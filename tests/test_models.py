@@ -127,7 +127,7 @@ def test_unknown_model_is_one_line_with_a_suggestion(name, hint):
 
 
 def test_bad_options_are_config_errors():
-    with pytest.raises(ConfigError, match="unknown ViT option 'foo'; allowed: .*pool"):
+    with pytest.raises(ConfigError, match="model.foo is not an option of ViT models; their options: .*pool"):
         tiny(foo=1)
     with pytest.raises(ConfigError, match="model.pool='avg'.*gap, map, tok"):
         tiny(pool="avg")

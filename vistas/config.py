@@ -44,7 +44,12 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """A registry name plus options; size fields left ``None`` come from the variant."""
+    """A registry name plus options; size fields left ``None`` come from the variant.
+
+    Only options changed from the defaults below reach the model (``model_options``), so
+    each family keeps its own defaults and rejects, with a clear error, options it lacks.
+    A new option is a field here with a default that means "the family's default".
+    """
 
     name: str = "vit-Ti/16"
     pool: str = "gap"
@@ -134,6 +139,16 @@ NON_IDENTITY_KEYS = {
     "train.keep_every", "train.progress", "data.eval_batch_size", "data.eval_splits",
     "data.data_dir",
 }
+
+
+def model_options(m: ModelConfig) -> dict[str, Any]:
+    """The model options changed from their defaults (``name`` excluded)."""
+    defaults = ModelConfig()
+    return {
+        f.name: getattr(m, f.name)
+        for f in dataclasses.fields(m)
+        if f.name != "name" and getattr(m, f.name) != getattr(defaults, f.name)
+    }
 
 
 def all_keys(cfg: Config | None = None) -> list[str]:

@@ -34,8 +34,10 @@ def _build_vit(variant: str, *, num_classes: int, rngs: nnx.Rngs, **options: Any
     fields = {f.name for f in dataclasses.fields(vit.ViTConfig)}
     unknown = sorted(set(options) - fields)
     if unknown:
-        allowed = sorted(fields - {"num_classes"})
-        raise ConfigError(f"unknown ViT option {unknown[0]!r}; allowed: {', '.join(allowed)}")
+        allowed = sorted(fields - {"num_classes", "patch"})
+        raise ConfigError(
+            f"model.{unknown[0]} is not an option of ViT models; their options: {', '.join(allowed)}"
+        )
     kwargs = dict(patch=patch, width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads)
     kwargs.update({k: v for k, v in options.items() if v is not None})
     return vit.VisionTransformer(vit.ViTConfig(num_classes=num_classes, **kwargs), rngs=rngs)

@@ -111,13 +111,10 @@ def build_sources(cfg: Config, *, with_train: bool = True) -> tuple[Any, dict[st
 
 
 def build_model(cfg: Config, num_classes: int) -> nnx.Module:
-    m = cfg.model
-    options = dict(
-        image_size=cfg.data.image_size, channels=cfg.data.channels, pool=m.pool,
-        posemb=m.posemb, head_zeroinit=m.head_zeroinit, head_bias_init=m.head_bias_init,
-        dropout=m.dropout, width=m.width, depth=m.depth, mlp_dim=m.mlp_dim, num_heads=m.num_heads,
-    )
-    return registry.create(m.name, num_classes=num_classes, seed=cfg.train.seed, **options)
+    """The configured model; see ``config.model_options`` for which options reach it."""
+    options = config_lib.model_options(cfg.model)
+    options.update(image_size=cfg.data.image_size, channels=cfg.data.channels)
+    return registry.create(cfg.model.name, num_classes=num_classes, seed=cfg.train.seed, **options)
 
 
 def build(cfg: Config, *, with_train: bool = True) -> Experiment:
