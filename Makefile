@@ -21,6 +21,7 @@ install: $(STAMP)
 
 data: install
 	$(BIN)/vistas data fetch fashion_mnist
+	$(BIN)/vistas data fetch animal_silhouettes
 
 demo: data
 	$(BIN)/vistas train --preset fashion_mnist_vit --workdir $(WORKDIR)

