@@ -40,6 +40,8 @@ class DataConfig:
     flip: bool = True
     value_range: tuple[float, float] = (-1.0, 1.0)
     eval_crop_fraction: float = 1.0
+    # held-out split on which evaluation fits a softmax temperature (ECE after scaling)
+    calibration_split: str | None = None
 
 
 @dataclasses.dataclass
@@ -56,11 +58,18 @@ class ModelConfig:
     posemb: str = "learn"
     head_zeroinit: bool = True
     head_bias_init: float = 0.0
-    dropout: float = 0.0
+    dropout: float | None = None  # before the head (ViT: also in blocks); NFNet: as published
     width: int | None = None
     depth: int | None = None
     mlp_dim: int | None = None
     num_heads: int | None = None
+    # ConvNets (nfnet-*, bit-*): per-stage sizes, stochastic depth, activation
+    depths: list[int] | None = None  # blocks per stage
+    widths: list[int] | None = None  # NFNet: stage output channels; BiT: bottleneck channels
+    group_width: int | None = None  # NFNet: channels per group of the grouped 3x3 convs
+    drop_path: float | None = None  # stochastic depth rate of the last block
+    activation: str | None = None  # NFNet: gamma-scaled activation, "gelu" by default
+    stem: str | None = None  # BiT: "resnet" (7x7/2 + max pool) or "small" (one 3x3/1 conv)
 
 
 @dataclasses.dataclass
@@ -81,6 +90,25 @@ class OptimConfig:
     lr_mults: list[tuple[str, float]] = dataclasses.field(default_factory=list)
     frozen: list[str] = dataclasses.field(default_factory=list)
     grad_clip_norm: float | None = 1.0
+    # adaptive gradient clipping (vistas.optim.agc): λ, or None for off; head not clipped
+    agc_clip: float | None = None
+    agc_eps: float = 1e-3
+    agc_exclude: list[str] = dataclasses.field(default_factory=lambda: ["head/.*"])
+    sgd_nesterov: bool = False  # name="sgd": Nesterov momentum
+    # name="adafactor_bv" (vistas.optim.adafactor); its momentum is b1, bf16 unless mu_dtype
+    adafactor_decay: float = 0.8  # beta2(t) = min(cap, 1 - (t+1)^-decay)
+    adafactor_beta2_cap: float = 0.999
+    adafactor_eps: float = 1e-30
+    adafactor_min_dim: int = 32  # factor the two largest dims when both are >= this
+    adafactor_clip: float | None = None  # update RMS clipping threshold; None: off
+    # name="shampoo" (vistas.optim.shampoo); uses b1 (momentum), b2, eps (graft), mu_dtype
+    shampoo_block_size: int = 128
+    shampoo_every: int = 10  # recompute the inverse roots every this many steps
+    shampoo_start: int = 10  # use the graft before this step
+    shampoo_root: int = 4  # p of the inverse p-th roots L^(-1/p), R^(-1/p)
+    shampoo_eps: float = 1e-6  # eigenvalue damping, relative to the largest eigenvalue
+    shampoo_graft: str = "adam"  # "adam" or "sgd": the per-block update magnitude
+    sam_rho: float = 0.0  # sharpness-aware minimisation radius (vistas.optim.sam); 0: off
 
 
 @dataclasses.dataclass
@@ -105,8 +133,26 @@ class TrainConfig:
     eval_every: Duration = "1ep"
     ckpt_every: Duration = 500
     keep: int = 2  # last checkpoints kept
-    keep_every: int | None = None  # also keep every checkpoint whose step is a multiple
+    keep_every: int | None = None  # also save and keep every step that is a multiple (branch points)
     progress: bool = True
+    init_from: str | None = None  # upstream run (workdir) whose parameters start this one (transfer)
+
+
+@dataclasses.dataclass
+class FewShotConfig:
+    """Few-shot linear evaluation of frozen ``pre_logits`` (``vistas.evaluate.fewshot``).
+
+    During training it runs every ``every`` when ``datasets`` is not empty; ``vistas fewshot``
+    uses these values as its defaults.
+    """
+
+    datasets: list[str] = dataclasses.field(default_factory=list)
+    shots: list[int] = dataclasses.field(default_factory=lambda: [1, 5, 10, 25])
+    seeds: int = 3
+    l2: float = 1024.0  # the paper's fixed strength, 2^10
+    l2_grid: list[float] = dataclasses.field(default_factory=list)  # non-empty: chosen on validation
+    max_test_examples: int | None = None  # a fixed random subset of each test split
+    every: Duration = "1ep"
 
 
 @dataclasses.dataclass
@@ -116,6 +162,7 @@ class Config:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    fewshot: FewShotConfig = dataclasses.field(default_factory=FewShotConfig)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -137,7 +184,8 @@ class Config:
 NON_IDENTITY_KEYS = {
     "train.log_every", "train.eval_every", "train.ckpt_every", "train.keep",
     "train.keep_every", "train.progress", "data.eval_batch_size", "data.eval_splits",
-    "data.data_dir",
+    "data.data_dir", "data.calibration_split",
+    *(f"fewshot.{f.name}" for f in dataclasses.fields(FewShotConfig)),
 }
 
 
@@ -278,12 +326,23 @@ def validate(cfg: Config) -> None:
     _check(0 < d.eval_crop_fraction <= 1, f"data.eval_crop_fraction={d.eval_crop_fraction} must be in (0, 1]")
     _check(d.num_train_examples is None or d.num_train_examples > 0,
            f"data.num_train_examples={d.num_train_examples} must be positive")
-    _check(0 <= m.dropout < 1, f"model.dropout={m.dropout} must be in [0, 1)")
+    _check(m.dropout is None or 0 <= m.dropout < 1, f"model.dropout={m.dropout} must be in [0, 1)")
+    _check(m.drop_path is None or 0 <= m.drop_path < 1,
+           f"model.drop_path={m.drop_path} must be in [0, 1)")
     losses = ("softmax_xent", "sigmoid_xent")
     _check(t.loss in losses, f"train.loss={t.loss!r} is not known; use one of {', '.join(losses)}")
     _check(t.keep >= 1, f"train.keep={t.keep} must be at least 1")
     _check(t.keep_every is None or t.keep_every > 0, f"train.keep_every={t.keep_every} must be positive")
     _check(o.lr > 0, f"optim.lr={o.lr} must be positive")
+    f = cfg.fewshot
+    _check(bool(f.shots) and all(k > 0 for k in f.shots),
+           f"fewshot.shots={f.shots} must be positive integers, e.g. [1, 5, 10, 25]")
+    _check(f.seeds > 0, f"fewshot.seeds={f.seeds} must be positive")
+    _check(f.l2 > 0 and all(v > 0 for v in f.l2_grid),
+           f"fewshot.l2={f.l2} and fewshot.l2_grid={f.l2_grid} must be positive")
+    _check(f.max_test_examples is None or f.max_test_examples > 0,
+           f"fewshot.max_test_examples={f.max_test_examples} must be positive")
+    _check(o.sam_rho >= 0, f"optim.sam_rho={o.sam_rho} must be >= 0 (0 turns SAM off)")
     _check(o.mu_dtype in (None, "float32", "bfloat16"),
            f"optim.mu_dtype={o.mu_dtype!r} is not known; use None, 'float32' or 'bfloat16'")
     del s

@@ -4,8 +4,9 @@ THE UPDATE RULE (big_vision / "Scaling Vision Transformers"), for every paramete
 
     Δθ = -sched(t) · ( lr · lr_mult(θ) · u(g)  +  wd · wd_mult(θ) · θ )
 
-- `u(g)` is the optimizer direction of the (globally clipped) gradient: Adam's
-  m̂ / (√v̂ + eps), or SGD's momentum trace.
+- `u(g)` is the optimizer direction of the (globally clipped, optionally adaptively
+  clipped: `agc_clip`, `vistas.optim.agc`) gradient: Adam's m̂ / (√v̂ + eps), or SGD's
+  momentum trace.
 - `sched(t)` is the schedule MULTIPLIER in [0, 1] (`vistas.optim.schedules`); it scales
   the weight decay too.
 - WEIGHT DECAY IS DECOUPLED FROM THE LEARNING RATE. This is NOT torch/optax AdamW, whose
@@ -23,7 +24,7 @@ checkpoint stays readable when the chain changes:
 
     PartitionState(inner_states={                      # optax.multi_transform
         "train": MaskedState(inner_state={                # optax.named_chain
-            "clip": ..., "direction": <e.g. ScaleByAdamState(count, mu, nu)>,
+            "clip": ..., "agc": ..., "direction": <e.g. ScaleByAdamState(count, mu, nu)>,
             "lr": ..., "weight_decay": ..., "schedule": ScaleByScheduleState(count)}),
         "frozen": MaskedState(inner_state=EmptyState()),
     })
@@ -35,13 +36,19 @@ turning an option on or off does not move state around. The schedule step count 
 the optimizer state (`optax.scale_by_schedule`), so a resumed run continues the schedule.
 
 New optimizers are one entry in `OPTIMIZERS`: a function taking the hyperparameters as
-keywords (b1, b2, eps, mu_dtype, momentum; it uses those it needs) and returning the
-direction transform `u`, without lr, schedule or weight decay.
+keywords (b1, b2, eps, mu_dtype, momentum; it uses those it needs), plus its own options
+as keyword-only arguments with defaults named after it (`shampoo_block_size`...; an
+`OptimConfig` field of the same name reaches it), and returning the direction transform
+`u`, without lr, schedule or weight decay. Optimizers: "adam", "sgd", "adafactor_bv"
+(`vistas.optim.adafactor`), "shampoo" (`vistas.optim.shampoo`); SAM (`vistas.optim.sam`)
+changes the gradient in the train step and combines with any of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -51,7 +58,10 @@ import jax.numpy as jnp
 import optax
 
 from vistas.errors import ConfigError
+from vistas.optim import adafactor as adafactor_lib
+from vistas.optim import agc as agc_lib
 from vistas.optim import rules as rules_lib
+from vistas.optim import shampoo as shampoo_lib
 
 TRAIN, FROZEN = "train", "frozen"
 _MU_DTYPES = {None: None, "float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -64,18 +74,92 @@ def _adam(
     return optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype)
 
 
-def _sgd(*, momentum: float, mu_dtype: Any, **_: Any) -> optax.GradientTransformation:
-    """SGD direction: the gradient, or its heavy-ball momentum trace (nesterov=False)."""
+def _sgd(*, momentum: float, mu_dtype: Any, sgd_nesterov: bool = False,
+         **_: Any) -> optax.GradientTransformation:
+    """SGD direction: the gradient, or its momentum trace (heavy ball, or Nesterov)."""
+    if not isinstance(sgd_nesterov, bool):
+        raise ConfigError(f"optimizer sgd_nesterov={sgd_nesterov!r} is invalid; use True or False")
     if not momentum:
         return optax.identity()
-    return optax.trace(decay=momentum, nesterov=False, accumulator_dtype=mu_dtype)
+    return optax.trace(decay=momentum, nesterov=sgd_nesterov, accumulator_dtype=mu_dtype)
 
 
-# name -> builder of the direction transform u(g). Add e.g. "adafactor_bv", "shampoo" here.
+def _adafactor_bv(
+    *,
+    b1: float,
+    mu_dtype: Any,
+    adafactor_decay: float = 0.8,
+    adafactor_beta2_cap: float = 0.999,
+    adafactor_eps: float = 1e-30,
+    adafactor_min_dim: int = 32,
+    adafactor_clip: float | None = None,
+    **_: Any,
+) -> optax.GradientTransformation:
+    """The paper's Adafactor (`vistas.optim.adafactor`); momentum b1 in bfloat16 by default."""
+    _check_number("adafactor_decay", adafactor_decay, low_open=True)
+    _check_number("adafactor_beta2_cap", adafactor_beta2_cap, high=1.0, high_open=True)
+    _check_number("adafactor_eps", adafactor_eps)
+    _check_int("adafactor_min_dim", adafactor_min_dim, low=1)
+    if adafactor_clip is not None:
+        _check_number("adafactor_clip", adafactor_clip, low_open=True)
+    return adafactor_lib.scale_by_adafactor_bv(
+        b1=b1, decay=adafactor_decay, beta2_cap=adafactor_beta2_cap, eps=adafactor_eps,
+        min_dim_to_factor=adafactor_min_dim, clip=adafactor_clip,
+        mu_dtype=jnp.bfloat16 if mu_dtype is None else mu_dtype,
+    )
+
+
+def _shampoo(
+    *,
+    b1: float,
+    b2: float,
+    eps: float,
+    mu_dtype: Any,
+    shampoo_block_size: int = 128,
+    shampoo_every: int = 10,
+    shampoo_start: int = 10,
+    shampoo_root: int = 4,
+    shampoo_eps: float = 1e-6,
+    shampoo_graft: str = "adam",
+    **_: Any,
+) -> optax.GradientTransformation:
+    """Block-diagonal Shampoo grafted to Adam or SGD (`vistas.optim.shampoo`)."""
+    _check_int("shampoo_block_size", shampoo_block_size, low=1)
+    _check_int("shampoo_every", shampoo_every, low=1)
+    _check_int("shampoo_start", shampoo_start, low=0)
+    _check_int("shampoo_root", shampoo_root, low=1)
+    _check_number("shampoo_eps", shampoo_eps, low_open=True)
+    if shampoo_graft not in shampoo_lib.GRAFTS:
+        raise ConfigError(
+            f"optimizer shampoo_graft={shampoo_graft!r} is unknown; "
+            f"use one of {', '.join(shampoo_lib.GRAFTS)}"
+        )
+    return shampoo_lib.scale_by_shampoo(
+        block_size=shampoo_block_size, every=shampoo_every, start=shampoo_start,
+        root=shampoo_root, eps=shampoo_eps, graft=shampoo_graft, b1=b1, b2=b2, graft_eps=eps,
+        mu_dtype=mu_dtype,
+    )
+
+
+# name -> builder of the direction transform u(g).
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "adam": _adam,
     "sgd": _sgd,
+    "adafactor_bv": _adafactor_bv,
+    "shampoo": _shampoo,
 }
+# The hyperparameters every direction builder is given (each uses those it needs).
+_COMMON = ("b1", "b2", "eps", "mu_dtype", "momentum")
+
+
+def direction_options() -> dict[str, Any]:
+    """Optimizer-specific options (`adafactor_*`, `shampoo_*`) -> their defaults."""
+    options = {}
+    for fn in OPTIMIZERS.values():
+        for param in inspect.signature(fn).parameters.values():
+            if param.kind is param.KEYWORD_ONLY and param.name not in _COMMON:
+                options[param.name] = param.default
+    return options
 
 
 def _unknown_optimizer(name: Any) -> ConfigError:
@@ -105,6 +189,12 @@ def _check_number(
         allowed = f"a number in {left}{low}, {high if high is not None else 'inf'}{right}"
         raise ConfigError(f"optimizer {name}={value!r} is invalid; use {allowed}")
     return float(value)
+
+
+def _check_int(name: str, value: Any, *, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"optimizer {name}={value!r} is invalid; use a whole number >= {low}")
+    return value
 
 
 def _check_mults(name: str, mults: Sequence[tuple[str, Any]]) -> None:
@@ -193,6 +283,10 @@ def build_optimizer(
     lr_mults: Sequence[tuple[str, float]] = (),
     frozen: Sequence[str] | str = (),
     grad_clip_norm: float | None = 1.0,
+    agc_clip: float | None = None,
+    agc_eps: float = 1e-3,
+    agc_exclude: Sequence[str] = agc_lib.DEFAULT_EXCLUDE,
+    **options: Any,
 ) -> optax.GradientTransformation:
     """The optimizer for `params` (a pytree of arrays, or of shapes: only its paths are read).
 
@@ -200,7 +294,8 @@ def build_optimizer(
 
         Δθ = -schedule(t) · (lr · lr_mult(θ) · u(clip(g)) + wd · wd_mult(θ) · θ)
 
-    name: a key of `OPTIMIZERS` ("adam", "sgd"); u is Adam's m̂/(√v̂+eps) or SGD momentum.
+    name: a key of `OPTIMIZERS`: "adam" (m̂/(√v̂+eps)), "sgd" (momentum trace),
+      "adafactor_bv" (`vistas.optim.adafactor`), "shampoo" (`vistas.optim.shampoo`).
     lr: base learning rate; `schedule`: `step -> multiplier` (`make_schedule`), applied to
       both terms from the step count kept in the optimizer state.
     mu_dtype: "bfloat16" stores Adam's first moment (SGD's momentum) in bf16, as in the
@@ -210,6 +305,11 @@ def build_optimizer(
       unmatched parameters get wd_mult 0 (no decay) and lr_mult 1.
     frozen: regexes of parameters that get zero updates and no optimizer state.
     grad_clip_norm: clip the global norm of the non-frozen gradients first; None: no clip.
+    agc_clip: adaptive gradient clipping λ (`vistas.optim.agc`), after the global clip and
+      before the direction; None: off. `agc_eps` floors parameter norms; parameters matching
+      an `agc_exclude` regex (default the classifier, `head/.*`) are not clipped.
+    options: optimizer-specific options, `adafactor_*` and `shampoo_*` (`direction_options()`
+      lists them with their defaults); each optimizer reads only its own.
 
     Use with `params` passed to `update` (weight decay needs them):
     `updates, state = tx.update(grads, state, params)`, then
@@ -242,17 +342,32 @@ def build_optimizer(
     _check_mults("optim.wd_mults", wd_mults)
     _check_mults("optim.lr_mults", lr_mults)
     frozen_labels(params, frozen)  # validates the regexes now, not at the first step
+    known = direction_options()
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"optimizer option {key!r} is unknown; {hint}known: {', '.join(sorted(known))}"
+            )
 
     direction = OPTIMIZERS[name.lower()](
-        b1=b1, b2=b2, eps=eps, mu_dtype=_MU_DTYPES[mu_dtype], momentum=momentum
+        b1=b1, b2=b2, eps=eps, mu_dtype=_MU_DTYPES[mu_dtype], momentum=momentum, **options
     )
     clip = (
         optax.clip_by_global_norm(grad_clip_norm)
         if grad_clip_norm is not None
         else optax.identity()
     )
+    if agc_clip is not None:
+        agc_clip = _check_number("agc_clip", agc_clip, low_open=True)
+        agc_eps = _check_number("agc_eps", agc_eps)
+        agc = agc_lib.adaptive_grad_clip(agc_clip, agc_eps, agc_exclude)
+    else:
+        agc = optax.identity()
     train = optax.named_chain(
         ("clip", clip),
+        ("agc", agc),
         ("direction", direction),
         ("lr", _scale_by_lr(lr, lr_mults)),
         ("weight_decay", _add_decoupled_wd(wd, wd_mults)),
@@ -263,9 +378,27 @@ def build_optimizer(
     )
 
 
+def from_config(
+    params: Any, optim: Any, schedule: Callable[[Any], Any]
+) -> optax.GradientTransformation:
+    """`build_optimizer` from an `OptimConfig`: every field that is one of its keywords or an
+    optimizer-specific option is passed (other fields, e.g. `sam_rho`, belong to the step)."""
+    keywords = set(inspect.signature(build_optimizer).parameters) - {"params", "schedule"}
+    keywords |= set(direction_options())
+    kwargs = {
+        f.name: getattr(optim, f.name)
+        for f in dataclasses.fields(optim)
+        if f.name in keywords
+    }
+    return build_optimizer(params, schedule=schedule, **kwargs)
+
+
 def current_lr(schedule: Callable[[Any], Any], lr: float, step: Any) -> jax.Array:
     """The effective base learning rate `lr · schedule(step)` (float32 array; works under jit)."""
     return jnp.asarray(lr, jnp.float32) * schedule(step)
 
 
-__all__ = ["OPTIMIZERS", "build_optimizer", "current_lr", "frozen_labels"]
+__all__ = [
+    "OPTIMIZERS", "build_optimizer", "current_lr", "direction_options", "from_config",
+    "frozen_labels",
+]

@@ -141,12 +141,7 @@ def build(cfg: Config, *, with_train: bool = True) -> Experiment:
         timescale=max(1, dur(s.timescale, "schedule.timescale")),
         cooldown_steps=dur(s.cooldown, "schedule.cooldown"), min_value=s.min_value,
     )
-    o = cfg.optim
-    tx = builder.build_optimizer(
-        params, name=o.name, lr=o.lr, schedule=schedule, b1=o.b1, b2=o.b2, eps=o.eps,
-        mu_dtype=o.mu_dtype, momentum=o.momentum, wd=o.wd, wd_mults=o.wd_mults,
-        lr_mults=o.lr_mults, frozen=o.frozen, grad_clip_norm=o.grad_clip_norm,
-    )
+    tx = builder.from_config(params, cfg.optim, schedule)
     return Experiment(cfg, train_source, eval_sources, num_classes, model, graphdef, rest, params,
                       tx, schedule, total, steps_per_epoch)
 
@@ -306,8 +301,11 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
 
     loss_fn = losses.get(t.loss)
     train_step = jax.jit(
-        step_lib.make_train_step(exp.graphdef, exp.rest, exp.tx, loss_fn, exp.lr_at,
-                                 use_rng=cfg.model.dropout > 0),
+        step_lib.make_train_step(
+            exp.graphdef, exp.rest, exp.tx, loss_fn, exp.lr_at,
+            use_rng=registry.needs_rng(exp.model), sam_rho=cfg.optim.sam_rho,
+            trainable=jax.tree.map(lambda label: label == builder.TRAIN,
+                                   builder.frozen_labels(exp.params, cfg.optim.frozen))),
         out_shardings=(repl, None),
         donate_argnums=(0,) if jax.default_backend() != "cpu" else (),
     )
@@ -358,7 +356,8 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
                             f"{k}={v:.4f}" for k, v in eval_results.items()))
                     tick = time.perf_counter()
                 stopping = stop.received is not None or (stop_after is not None and step >= stop_after)
-                if step % ckpt_every == 0 or step == exp.total_steps or stopping:
+                kept = t.keep_every is not None and step % t.keep_every == 0  # branch points
+                if step % ckpt_every == 0 or kept or step == exp.total_steps or stopping:
                     if not _all_finite(state):  # a finite loss can come with non-finite updates
                         raise TrainingDiverged(_diverged(
                             f"parameters or optimizer state are non-finite at step {step}", last_saved, ckpt_dir))

@@ -15,6 +15,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from vistas.evaluate import calibration
+from vistas.optim import sam
+
 State = dict[str, Any]
 
 
@@ -28,8 +31,14 @@ def init_state(params: Any, tx: optax.GradientTransformation, seed: int) -> Stat
 
 
 def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransformation,
-                    loss_fn: Callable, lr_fn: Callable, *, use_rng: bool) -> Callable:
-    """``step(state, batch) -> (state, metrics)``; metrics are scalars."""
+                    loss_fn: Callable, lr_fn: Callable, *, use_rng: bool, sam_rho: float = 0.0,
+                    trainable: Any = None) -> Callable:
+    """``step(state, batch) -> (state, metrics)``; metrics are scalars.
+
+    ``sam_rho > 0``: the optimizer gets the SAM gradient (``vistas.optim.sam``), taken at the
+    parameters perturbed by ρ·g/‖g‖ (``trainable``, a pytree of bools like the parameters,
+    leaves frozen ones unperturbed); the logged loss and top-1 are those at the parameters.
+    """
 
     def step(state: State, batch: dict) -> tuple[State, dict]:
         rng = jax.random.fold_in(state["rng"], state["step"]) if use_rng else None
@@ -38,12 +47,17 @@ def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransfo
             logits, _ = nnx.merge(graphdef, params, rest)(batch["image"], rng=rng)
             return loss_fn(logits, batch["label"]).mean(), logits
 
-        (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
+        if sam_rho:
+            grad_fn = sam.value_and_sam_grad(objective, sam_rho, trainable)
+        else:
+            grad_fn = jax.value_and_grad(objective, has_aux=True)
+        (loss, logits), grads = grad_fn(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = {
             "train/loss": loss,
-            "train/top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            ("train/prec@1" if batch["label"].ndim == 2 else "train/top1"):
+                jnp.mean(correct_at_1(logits, batch["label"])),
             "train/grad_norm": optax.tree.norm(grads),
             "train/lr": lr_fn(state["step"]),
         }
@@ -53,17 +67,34 @@ def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransfo
     return step
 
 
-def make_eval_step(graphdef: nnx.GraphDef, rest: Any, loss_fn: Callable) -> Callable:
-    """``eval_step(params, batch) -> sums`` of correct predictions, loss and examples (masked)."""
+def correct_at_1(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """[B] 1.0 where the top-scoring class is right: the label, or for multi-hot labels
+    [B, K] any of the labels (so its mean is precision@1)."""
+    pred = jnp.argmax(logits, -1)
+    if labels.ndim == 2:
+        return jnp.take_along_axis(labels, pred[:, None], axis=-1)[:, 0].astype(jnp.float32)
+    return (pred == labels).astype(jnp.float32)
 
-    def eval_step(params: Any, batch: dict) -> dict:
+
+def make_eval_step(graphdef: nnx.GraphDef, rest: Any, loss_fn: Callable) -> Callable:
+    """``eval_step(params, batch, temperature=1.0) -> sums`` over unmasked examples: correct
+    predictions (precision@1 for multi-hot labels), loss, examples; with integer labels also
+    the calibration bin sums at temperature 1 (``ece/*``) and at ``temperature`` (``ece_ts/*``).
+    """
+
+    def eval_step(params: Any, batch: dict, temperature: Any = 1.0) -> dict:
         logits, _ = nnx.merge(graphdef, params, rest)(batch["image"])
         mask = batch["mask"].astype(jnp.float32)
-        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-        return {
-            "correct": jnp.sum(correct * mask),
-            "loss": jnp.sum(loss_fn(logits, batch["label"]) * mask),
+        labels = batch["label"]
+        sums = {
+            "correct": jnp.sum(correct_at_1(logits, labels) * mask),
+            "loss": jnp.sum(loss_fn(logits, labels) * mask),
             "count": jnp.sum(mask),
         }
+        if labels.ndim == 1:
+            for prefix, t in (("ece", 1.0), ("ece_ts", temperature)):
+                for k, v in calibration.bin_sums(logits, labels, mask, t).items():
+                    sums[f"{prefix}/{k}"] = v
+        return sums
 
     return eval_step
