@@ -10,6 +10,7 @@ never leaves something that is taken for a checkpoint; the previous one stays lo
 from __future__ import annotations
 
 import pathlib
+import shutil
 from typing import Any
 
 import jax
@@ -69,6 +70,19 @@ class Checkpointer:
         )
         return restored.state, dict(restored.data or {})
 
+    def restore_params(self, step: int | None, abstract_params: Any, key: str = "params") -> Any:
+        """Restores only ``state[key]`` (the parameters) into the shapes/shardings of
+        ``abstract_params``, whatever optimizer state the checkpoint also holds."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise VistasError(f"no checkpoint in {self.directory}")
+        target = {key: jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_params)}
+        restore = ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True)
+        restored = self._manager.restore(step, args=ocp.args.Composite(state=restore))
+        return restored.state[key]
+
     def wait(self) -> None:
         """Blocks until pending asynchronous writes are complete and committed."""
         try:
@@ -82,3 +96,31 @@ class Checkpointer:
     def close(self) -> None:
         self.wait()
         self._manager.close()
+
+
+def copy_step(src_dir: str | pathlib.Path, step: int, dst_dir: str | pathlib.Path) -> pathlib.Path:
+    """Copies the committed checkpoint ``step`` of ``src_dir`` into ``dst_dir`` (branching a run).
+
+    The source is only read. The copy is written under a temporary name and renamed when
+    complete, so ``dst_dir`` never holds a partial checkpoint. Returns ``dst_dir/<step>``.
+    """
+    src_dir, dst_dir = pathlib.Path(src_dir).absolute(), pathlib.Path(dst_dir).absolute()
+    # orbax renames a checkpoint to its bare step number only once it is complete
+    steps = [int(p.name) for p in src_dir.iterdir() if p.is_dir() and p.name.isdigit()] \
+        if src_dir.is_dir() else []
+    if step not in steps:
+        have = ", ".join(map(str, sorted(steps))) or "none"
+        raise VistasError(
+            f"{src_dir} holds no checkpoint of step {step} (it has: {have}); train the source "
+            "run with train.keep_every=M so that every M-th step is kept for branching"
+        )
+    target = dst_dir / str(step)
+    if target.exists():
+        raise VistasError(f"{target} already exists; branch into a new directory")
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    partial = dst_dir / f".{step}.copying"
+    if partial.exists():
+        shutil.rmtree(partial)
+    shutil.copytree(src_dir / str(step), partial)
+    partial.rename(target)
+    return target

@@ -5,6 +5,10 @@
     vistas models [--json] [--image-size 224] [--num-classes 1000]
     vistas presets [--json]
     vistas data list [--json] | vistas data fetch NAME
+    vistas fewshot --workdir DIR [--datasets NAME ...] [--shots 1,5,10,25] [--seeds 3]
+    vistas finetune --from DIR --dataset NAME [--resolution R] [--steps N] [--workdir OUT]
+    vistas optim-memory --model VARIANT [...] [--optimizer NAME[,KEY=VALUE] ...]
+    vistas cooldown --workdir SRC --from-step S [S ...] --steps N --workdir-out DST
 
 Errors caused by input (config, data, files) print one line and exit with status 2.
 """
@@ -97,7 +101,105 @@ def _cmd_data(args: argparse.Namespace) -> int:
         return 0
     for r in rows:
         where = r["location"] if r["present"] else f"missing; {r['how_to_get']}"
-        print(f"{r['name']:<16} {'present' if r['present'] else 'absent':<8} {where}")
+        print(f"{r['name']:<20} {'present' if r['present'] else 'absent':<8} {where}")
+    return 0
+
+
+def _cmd_optim_memory(args: argparse.Namespace) -> int:
+    from vistas.optim import memory
+
+    rows = memory.table(args.model, args.optimizer, overrides=[s for g in args.set for s in g],
+                        num_classes=args.num_classes, image_size=args.image_size,
+                        exact=args.exact)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<12} {'optimizer':<26} {'parameters':>15} {'state bytes':>17} {'B/param':>8}")
+    for r in rows:
+        print(f"{r['model']:<12} {r['optimizer']:<26} {r['params']:>15,} "
+              f"{r['state_bytes']:>17,} {r['bytes_per_param']:>8.3f}")
+    return 0
+
+
+def _cmd_cooldown(args: argparse.Namespace) -> int:
+    from vistas.train import cooldown
+
+    summaries = cooldown.cooldown(args.workdir, args.from_step, args.steps, args.workdir_out,
+                                  quiet=args.quiet)
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+        return 0
+    for s in summaries:
+        status = "finished" if s["finished"] else f"stopped at step {s['step']}"
+        print(f"\nbranch from step {s['from_step']} -> {s['workdir']}: {status}, "
+              f"step {s['step']}/{s['total_steps']}")
+        for key, value in s.items():
+            if key.startswith("eval/"):
+                print(f"  {key:<28} {value:.4f}")
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one integer, e.g. 1,5,10,25")
+    return values
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def _duration(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
+def _cmd_fewshot(args: argparse.Namespace) -> int:
+    from vistas.evaluate import fewshot
+
+    report = fewshot.evaluate_workdir(
+        args.workdir, datasets=args.datasets, shots=args.shots, seeds=args.seeds, l2=args.l2,
+        l2_grid=args.l2_grid, max_test_examples=args.max_test_examples, step=args.step,
+        data_dir=args.data_dir)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    sec = report["seconds"]
+    l2 = (f"L2 chosen on validation from {report['l2']}" if isinstance(report["l2"], list)
+          else f"L2 {report['l2']:g}")
+    print(f"few-shot linear accuracy (%), mean ± std over {report['seeds']} seeds, {l2}; "
+          f"checkpoint step {report['step']}")
+    print(fewshot.format_table(report))
+    print(f"time: features {sec['features_total']:.1f} s, solves {sec['solve_total']:.2f} s, "
+          f"setup {sec['setup']:.1f} s")
+    print(f"written to {args.workdir}/fewshot_{report['step']}.json")
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from vistas.train import finetune
+
+    workdir = args.workdir or f"{str(args.upstream).rstrip('/')}-ft-{args.dataset}"
+    summary = finetune.finetune(
+        args.upstream, workdir, dataset=args.dataset, resolution=args.resolution,
+        duration=args.steps, lr=args.lr, batch_size=args.batch_size, warmup=args.warmup,
+        decay=args.decay, sam_rho=args.sam_rho, seed=args.seed,
+        overrides=[s for group in args.set for s in group], quiet=args.quiet)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    status = "finished" if summary["finished"] else f"stopped at step {summary['step']}"
+    print(f"\nfine-tuning {status}: step {summary['step']}/{summary['total_steps']}")
+    for key, value in summary.items():
+        if key.startswith("eval/"):
+            print(f"  {key:<28} {value:.4f}")
+    print(f"  run          {summary['workdir']} (resume: the same command)")
     return 0
 
 
@@ -142,6 +244,65 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("name")
     df.add_argument("--data-dir")
     d.set_defaults(fn=_cmd_data)
+
+    om = sub.add_parser("optim-memory", help="optimizer state bytes per parameter (abstract)")
+    om.add_argument("--model", nargs="+", required=True, help="e.g. vit-B/16 vit-L/16")
+    om.add_argument("--optimizer", nargs="*", metavar="NAME[,KEY=VALUE]",
+                    help="e.g. adam adam,mu_dtype=bfloat16 adafactor_bv shampoo sgd (default)")
+    om.add_argument("--set", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="optim.* options for every optimizer, e.g. optim.shampoo_block_size=256")
+    om.add_argument("--num-classes", type=int, default=1000)
+    om.add_argument("--image-size", type=int, default=224)
+    om.add_argument("--exact", action="store_true",
+                    help="trace every block instead of extrapolating from depths 1 and 2")
+    om.add_argument("--json", action="store_true")
+    om.set_defaults(fn=_cmd_optim_memory)
+
+    c = sub.add_parser("cooldown", help="branch cooldowns from checkpoints of an rsqrt run")
+    c.add_argument("--workdir", required=True, help="the source run (only read)")
+    c.add_argument("--from-step", type=int, nargs="+", required=True, metavar="S",
+                   help="checkpoint steps to branch from (kept by train.keep_every)")
+    c.add_argument("--steps", required=True,
+                   help="cooldown length: steps, '1ep', '50000ex' or percent of S ('20%%')")
+    c.add_argument("--workdir-out", required=True,
+                   help="the branch; with several steps, one folder DIR/from_S per step")
+    c.add_argument("--quiet", action="store_true", help="no progress output")
+    c.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    c.set_defaults(fn=_cmd_cooldown)
+
+    fs = sub.add_parser("fewshot", help="few-shot linear accuracy of a run's frozen features")
+    fs.add_argument("--workdir", required=True, help="the run to evaluate")
+    fs.add_argument("--datasets", nargs="+",
+                    help="targets (default: the run's fewshot.datasets, else every present one)")
+    fs.add_argument("--shots", type=_int_list, help="examples per class, e.g. 1,5,10,25")
+    fs.add_argument("--seeds", type=int, help="samples per shot count (default 3)")
+    fs.add_argument("--l2", type=float, help="ridge strength (default 1024 = 2^10)")
+    fs.add_argument("--l2-grid", type=_float_list,
+                    help="choose the strength per sample from these on a validation part")
+    fs.add_argument("--max-test-examples", type=int, help="a fixed random subset of each test split")
+    fs.add_argument("--step", type=int, help="checkpoint step (default: latest)")
+    fs.add_argument("--data-dir")
+    fs.add_argument("--json", action="store_true")
+    fs.set_defaults(fn=_cmd_fewshot)
+
+    ft = sub.add_parser("finetune", help="fine-tune a trained run on a target dataset")
+    ft.add_argument("--from", dest="upstream", required=True, help="the upstream run (its workdir)")
+    ft.add_argument("--dataset", required=True, help="target dataset (see `vistas data list`)")
+    ft.add_argument("--resolution", type=int, help="image size (default: the upstream's)")
+    ft.add_argument("--workdir", help="output folder (default FROM-ft-DATASET); resumes if it holds the run")
+    ft.add_argument("--steps", default=500, type=_duration,
+                    help="length: steps, or '10ep', '50000ex' (default 500)")
+    ft.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
+    ft.add_argument("--batch-size", type=int, default=128)
+    ft.add_argument("--warmup", default="5%", type=_duration, help="default 5%%")
+    ft.add_argument("--decay", default="cosine", choices=["cosine", "linear"])
+    ft.add_argument("--sam-rho", type=float, default=0.0, help="SAM radius (default 0: off)")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--set", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="override any config value of the fine-tuning run")
+    ft.add_argument("--quiet", action="store_true")
+    ft.add_argument("--json", action="store_true")
+    ft.set_defaults(fn=_cmd_finetune)
     return p
 
 

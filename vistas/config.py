@@ -70,6 +70,19 @@ class ModelConfig:
     drop_path: float | None = None  # stochastic depth rate of the last block
     activation: str | None = None  # NFNet: gamma-scaled activation, "gelu" by default
     stem: str | None = None  # BiT: "resnet" (7x7/2 + max pool) or "small" (one 3x3/1 conv)
+    # ViT block (vit-*; docs/models.md): None keeps the variant's choice (22B/14: ViT-22B block)
+    parallel: bool | None = None  # x + Attn(LN(x)) + MLP(LN(x)) from one LayerNorm
+    fused: bool = False  # parallel block as one input and one output matmul
+    qk_norm: bool | None = None  # LayerNorm of queries and keys per head
+    qkv_bias: bool | None = None  # False: bias-free QKV projections
+    norm_bias: bool | None = None  # False: scale-only LayerNorms
+    gelu: str = "tanh"  # "tanh" approximation (big_vision) or "exact" (timm)
+    representation_size: int | None = None  # tanh pre-logits layer before the head
+    # ViT numerics and memory: compute dtype of matmuls, parameter dtype, remat, scan
+    dtype: str = "float32"  # or "bfloat16", "float16"
+    param_dtype: str = "float32"
+    remat: str = "none"  # "full", "dots" or "dots_no_batch" (what each block keeps)
+    scan: bool = False  # one lax.scan over stacked blocks (encoder/blocks)
 
 
 @dataclasses.dataclass
@@ -136,6 +149,7 @@ class TrainConfig:
     keep_every: int | None = None  # also save and keep every step that is a multiple (branch points)
     progress: bool = True
     init_from: str | None = None  # upstream run (workdir) whose parameters start this one (transfer)
+    branched_from: str | None = None  # "SRC_WORKDIR@STEP": a cooldown branch (vistas cooldown)
 
 
 @dataclasses.dataclass
