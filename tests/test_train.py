@@ -216,7 +216,8 @@ def test_evaluate_workdir_reproduces_the_run(smoke_run):
     assert results["eval/test[:1000]/loss"] == pytest.approx(summary["eval/test[:1000]/loss"], rel=1e-5)
     assert json.loads((workdir / "eval_64.json").read_text()) == results
     earlier = loop.evaluate_workdir(workdir, step=32, splits=["test[:200]"])
-    assert earlier["step"] == 32 and set(earlier) == {"step", "eval/test[:200]/top1", "eval/test[:200]/loss"}
+    assert earlier["step"] == 32 and set(earlier) == {"step", "eval/test[:200]/top1", "eval/test[:200]/loss",
+                                                  "eval/test[:200]/ece"}
 
 
 @requires_fashion_mnist

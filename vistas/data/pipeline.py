@@ -111,7 +111,8 @@ class _TrainBatches:
 
 
 class TrainIterator:
-    """Infinite iterator of training batches `{"image": float32 [b, H, W, C], "label": int32 [b]}`.
+    """Infinite iterator of training batches `{"image": float32 [b, H, W, C], "label": int32 [b]}`
+    (labels int32 [b, K] for multi-label sources).
 
     `get_state()` is a small JSON-serialisable dict; `set_state(s)` makes the next batches those
     that followed when `s` was taken (also with another process count, same global batch).
@@ -236,7 +237,7 @@ def eval_batches(
     if n == 0:
         raise DataError("the evaluation source has no examples")
     num_batches = num_eval_batches(n, global_batch_size)
-    pad_image = [None]
+    pad_image, pad_label = [None], [None]
 
     def make_batch(k: int) -> dict:
         start = k * global_batch_size + process_index * b
@@ -249,9 +250,11 @@ def eval_batches(
                 labels.append(example["label"])
             else:
                 if pad_image[0] is None:
-                    pad_image[0] = np.zeros_like(transform(source[0]["image"]))
+                    first = source[0]
+                    pad_image[0] = np.zeros_like(transform(first["image"]))
+                    pad_label[0] = np.zeros_like(np.asarray(first["label"]))  # multi-hot too
                 images.append(pad_image[0])
-                labels.append(0)
+                labels.append(pad_label[0])
         return {
             "image": np.stack(images),
             "label": np.asarray(labels, np.int32),

@@ -30,6 +30,7 @@ from vistas import config as config_lib
 from vistas.config import Config
 from vistas.data import pipeline, sources, transforms
 from vistas.errors import ConfigError, VistasError
+from vistas.evaluate import calibration
 from vistas.models import registry
 from vistas.optim import builder, schedules
 from vistas.systems import mesh as mesh_lib
@@ -147,7 +148,9 @@ def build(cfg: Config, *, with_train: bool = True) -> Experiment:
 
 
 def evaluate(exp: Experiment, params: Any, mesh: Any, eval_step: Callable | None = None) -> dict[str, float]:
-    """Top-1 and loss on every ``data.eval_splits`` split; each example counted exactly once."""
+    """Top-1 (precision@1 for multi-label data), loss and calibration error (ECE, and after
+    temperature scaling fitted on ``data.calibration_split`` when set) on every
+    ``data.eval_splits`` split; each example counted exactly once."""
     d = exp.cfg.data
     mesh_lib.check_batch_size(d.eval_batch_size, mesh, "data.eval_batch_size")
     if eval_step is None:
@@ -155,19 +158,23 @@ def evaluate(exp: Experiment, params: Any, mesh: Any, eval_step: Callable | None
     transform = transforms.make_eval_transform(
         image_size=d.image_size, crop_fraction=d.eval_crop_fraction, value_range=d.value_range)
     results: dict[str, float] = {}
+    temperature = calibration.temperature_for(exp, params, mesh, transform, results)
     for split, source in exp.eval_sources.items():
-        totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
+        totals: dict[str, Any] = {}
         for batch in pipeline.eval_batches(
             source, global_batch_size=d.eval_batch_size, transform=transform,
             process_index=jax.process_index(), process_count=jax.process_count(),
         ):
-            sums = eval_step(params, mesh_lib.put_batch(batch, mesh))
-            for k in totals:
-                totals[k] += float(sums[k])
-        if int(totals["count"]) != len(source):
-            raise RuntimeError(f"evaluated {totals['count']} examples of {split}, expected {len(source)}")
-        results[f"eval/{split}/top1"] = totals["correct"] / totals["count"]
-        results[f"eval/{split}/loss"] = totals["loss"] / totals["count"]
+            sums = eval_step(params, mesh_lib.put_batch(batch, mesh), temperature or 1.0)
+            for k, v in sums.items():
+                totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64)
+        count = float(totals["count"])
+        if int(count) != len(source):
+            raise RuntimeError(f"evaluated {count} examples of {split}, expected {len(source)}")
+        top1 = "prec@1" if getattr(source, "multi_label", False) else "top1"
+        results[f"eval/{split}/{top1}"] = float(totals["correct"]) / count
+        results[f"eval/{split}/loss"] = float(totals["loss"]) / count
+        results.update(calibration.split_results(totals, f"eval/{split}", scaled=temperature is not None))
     return results
 
 
@@ -293,7 +300,12 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
         process_index=jax.process_index(), process_count=jax.process_count())
 
     repl = mesh_lib.replicated(mesh)
-    state = jax.device_put(step_lib.init_state(exp.params, exp.tx, t.seed), repl)
+    params = exp.params
+    if latest is None and t.init_from:  # transfer: start from an upstream run's parameters
+        from vistas.train import finetune
+
+        params = finetune.init_params(cfg, exp.params)
+    state = jax.device_put(step_lib.init_state(params, exp.tx, t.seed), repl)
     if latest is not None:
         state, data_state = checkpointer.restore(latest, state)
         data_it.set_state(data_state)
@@ -310,6 +322,12 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
         donate_argnums=(0,) if jax.default_backend() != "cpu" else (),
     )
     eval_step = jax.jit(step_lib.make_eval_step(exp.graphdef, exp.rest, loss_fn))
+    fewshot_eval, fewshot_every = None, 0
+    if cfg.fewshot.datasets:  # periodic few-shot evaluation of the frozen features
+        from vistas.evaluate import fewshot
+
+        fewshot_eval = fewshot.from_config(cfg, exp.graphdef, exp.rest, mesh)
+        fewshot_every = max(1, exp.duration(cfg.fewshot.every, "fewshot.every"))
 
     writer = MetricsWriter(workdir, enabled=is_main)
     writer.truncate_after(start)
@@ -354,6 +372,12 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
                     if not quiet:
                         progress.print(f"step {step}: " + "  ".join(
                             f"{k}={v:.4f}" for k, v in eval_results.items()))
+                    tick = time.perf_counter()
+                if fewshot_eval is not None and (step % fewshot_every == 0 or step == exp.total_steps):
+                    report = fewshot_eval(state["params"])
+                    writer.write(step, fewshot.flat_metrics(report))
+                    if not quiet:
+                        progress.print(f"step {step}: few-shot\n" + fewshot.format_table(report))
                     tick = time.perf_counter()
                 stopping = stop.received is not None or (stop_after is not None and step >= stop_after)
                 kept = t.keep_every is not None and step % t.keep_every == 0  # branch points

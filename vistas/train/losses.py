@@ -1,4 +1,4 @@
-"""Classification losses on logits [B, K] and integer labels [B]."""
+"""Classification losses on logits [B, K] and integer labels [B] or multi-hot labels [B, K]."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ from vistas.errors import ConfigError
 
 
 def softmax_xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example softmax cross-entropy, [B]."""
+    """Per-example softmax cross-entropy, [B]; multi-hot labels are spread evenly over
+    their classes."""
+    if labels.ndim == 2:
+        target = labels.astype(jnp.float32)
+        target = target / jnp.maximum(target.sum(-1, keepdims=True), 1.0)
+        return optax.softmax_cross_entropy(logits.astype(jnp.float32), target)
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
@@ -22,7 +27,10 @@ def sigmoid_xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
     Pair it with ``model.head_bias_init`` (e.g. -10) so the initial loss is small, as in
     the ViT-22B and big_vision recipes.
     """
-    onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+    if labels.ndim == 2:  # multi-hot already
+        onehot = labels.astype(jnp.float32)
+    else:
+        onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
     return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), onehot).sum(-1)
 
 
