@@ -44,3 +44,15 @@ def vistas_cmd(*args: str) -> list[str]:
 def start_cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
     return subprocess.Popen(vistas_cmd(*args), env=env or cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.fixture(scope="session")
+def transfer_upstream(tmp_path_factory):
+    """A tiny ViT trained on 4,096 Fashion-MNIST images for 150 steps: the upstream checkpoint
+    of the few-shot, fine-tuning and calibration tests."""
+    from vistas.train import loop
+
+    workdir = tmp_path_factory.mktemp("transfer") / "upstream"
+    loop.train(smoke("train.duration=150", "train.ckpt_every=150", "train.eval_every=150",
+                     "data.num_train_examples=4096"), workdir, quiet=True)
+    return workdir

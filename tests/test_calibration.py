@@ -1,11 +1,13 @@
 """Tests for vistas.evaluate.calibration: ECE against a hand computation, the jitted bin sums,
 temperature fitting, and calibration in the evaluation of a real (over-confident) model."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import requires_fashion_mnist, smoke
+from conftest import requires_fashion_mnist
 
 from vistas.evaluate import calibration
 from vistas.systems import mesh as mesh_lib
@@ -60,20 +62,18 @@ def test_temperature_recovers_the_scale_of_over_confident_logits():
 
 @requires_fashion_mnist
 @pytest.mark.slow
-def test_evaluation_reports_ece_and_temperature_scaling_fixes_an_over_confident_model(tmp_path):
-    sets = ["train.duration=32", "train.ckpt_every=32", "train.eval_every=32",
-            "data.eval_splits=['test[500:1000]']", "data.eval_batch_size=250"]
-    workdir = tmp_path / "run"
-    summary = loop.train(smoke(*sets), workdir, quiet=True)
-    assert 0.0 < summary["eval/test[500:1000]/ece"] < 1.0  # reported by every evaluation
-    cfg = smoke(*sets, "data.calibration_split='test[:500]'")
-    exp, params, _ = loop.final_params(workdir, cfg)
+def test_evaluation_reports_ece_and_temperature_scaling_fixes_an_over_confident_model(
+        transfer_upstream):
+    summary = json.loads((transfer_upstream / "summary.json").read_text())
+    assert 0.0 < summary["eval/test[:1000]/ece"] < 1.0  # reported by every evaluation
+    cfg = loop.load_config(transfer_upstream)
+    cfg.data.eval_splits, cfg.data.calibration_split = ["test[500:1000]"], "test[:500]"
+    exp, params, _ = loop.final_params(transfer_upstream, cfg)
     mesh = mesh_lib.data_mesh()
     plain = loop.evaluate(exp, params, mesh)
     assert plain["eval/temperature"] > 0
     # the same model made over-confident: logits scaled by 6 (predictions unchanged)
-    sharp = jax.tree.map(lambda x: x, params)
-    sharp["head"] = jax.tree.map(lambda x: 6.0 * x, params["head"])
+    sharp = dict(params, head=jax.tree.map(lambda x: 6.0 * x, params["head"]))
     over = loop.evaluate(exp, sharp, mesh)
     key = "eval/test[500:1000]"
     assert over[f"{key}/top1"] == plain[f"{key}/top1"]

@@ -87,16 +87,9 @@ def test_bad_options_are_one_line_errors():
 
 # --- on real checkpoints ------------------------------------------------------------------------
 
-UPSTREAM = ["train.duration=150", "train.ckpt_every=150", "train.eval_every=150",
-            "data.num_train_examples=4096"]
-
-
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory):
-    """A tiny ViT trained on Fashion-MNIST for a few seconds."""
-    workdir = tmp_path_factory.mktemp("fewshot") / "upstream"
-    loop.train(smoke(*UPSTREAM), workdir, quiet=True)
-    return workdir
+def upstream(transfer_upstream):
+    return transfer_upstream
 
 
 def random_params(cfg):
@@ -137,7 +130,7 @@ def test_cli_prints_a_table_and_writes_json(upstream, capsys):
     assert set(report["results"]) == {"fashion_mnist", "lfw_faces"}
     assert report["seconds"]["solve_total"] >= 0 and report["seconds"]["features_total"] > 0
     # choosing L2 on a validation part: each sample records the strength it chose
-    assert cli.main([*args[:4], "--datasets", "optdigits", "--shots", "5", "--seeds", "2",
+    assert cli.main([*args[:3], "--datasets", "optdigits", "--shots", "5", "--seeds", "2",
                      "--l2-grid", "0.25,16,1024", "--json"]) == 0
     chosen = json.loads(capsys.readouterr().out)["results"]["optdigits"]["5"]["l2"]
     assert len(chosen) == 2 and set(chosen) <= {0.25, 16.0, 1024.0}
