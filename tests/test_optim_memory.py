@@ -4,11 +4,14 @@ import json
 
 import jax.numpy as jnp
 import pytest
+from conftest import requires_fashion_mnist
 
-from vistas import cli
+from vistas import cli, presets
 from vistas.errors import ConfigError
+from vistas.models import registry
 from vistas.optim import memory
 from vistas.optim.builder import build_optimizer
+from vistas.train import loop
 
 
 def test_state_bytes_of_a_known_tree():
@@ -75,3 +78,19 @@ def test_cli(capsys):
     assert all(name in out for name in memory.STANDARD)
     assert cli.main(["optim-memory", "--model", "vit-Ti/16", "--set", "optim.b9=1"]) == 2
     assert "optim.b9" in capsys.readouterr().err
+
+
+@requires_fashion_mnist
+def test_preset_memory_uses_the_presets_model_and_optimizer(capsys):
+    cfg = presets.get("smoke")
+    row = memory.preset_memory(cfg, "adam")
+    assert row["model"] == "vit-mu/7"
+    model = loop.build_model(cfg, num_classes=10)
+    assert row["params"] == registry.count_params(model)
+    assert row["bytes_per_param"] == pytest.approx(8.0, abs=1e-3)
+    cfg.optim.mu_dtype = "bfloat16"  # the preset's optimizer settings are the starting point
+    assert memory.preset_memory(cfg, "adam")["bytes_per_param"] == pytest.approx(6.0, abs=1e-3)
+    assert cli.main(["optim-memory", "--preset", "smoke", "--optimizer", "sgd", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["params"] == row["params"]
+    assert cli.main(["optim-memory", "--preset", "smoke", "--model", "vit-B/16"]) == 2
+    assert "either --model" in capsys.readouterr().err

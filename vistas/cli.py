@@ -7,7 +7,7 @@
     vistas data list [--json] | vistas data fetch NAME
     vistas fewshot --workdir DIR [--datasets NAME ...] [--shots 1,5,10,25] [--seeds 3]
     vistas finetune --from DIR --dataset NAME [--resolution R] [--steps N] [--workdir OUT]
-    vistas optim-memory --model VARIANT [...] [--optimizer NAME[,KEY=VALUE] ...]
+    vistas optim-memory --model VARIANT [...] | --preset NAME [--optimizer NAME[,KEY=VALUE] ...]
     vistas cooldown --workdir SRC --from-step S [S ...] --steps N --workdir-out DST
     vistas convert SRC DST [--model VARIANT] [--to FORMAT] [--image-size N|HxW] [--scan|--no-scan]
 
@@ -107,11 +107,21 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_optim_memory(args: argparse.Namespace) -> int:
+    from vistas import presets
+    from vistas.errors import ConfigError
     from vistas.optim import memory
 
-    rows = memory.table(args.model, args.optimizer, overrides=[s for g in args.set for s in g],
-                        num_classes=args.num_classes, image_size=args.image_size,
-                        exact=args.exact)
+    overrides = [s for g in args.set for s in g]
+    if bool(args.model) == bool(args.preset):
+        raise ConfigError("give either --model VARIANT [...] or --preset NAME")
+    if args.preset:
+        cfg = presets.get(args.preset)
+        rows = [memory.preset_memory(cfg, o, overrides, exact=args.exact)
+                for o in (args.optimizer or memory.STANDARD)]
+    else:
+        rows = memory.table(args.model, args.optimizer, overrides=overrides,
+                            num_classes=args.num_classes, image_size=args.image_size,
+                            exact=args.exact)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -261,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=_cmd_data)
 
     om = sub.add_parser("optim-memory", help="optimizer state bytes per parameter (abstract)")
-    om.add_argument("--model", nargs="+", required=True, help="e.g. vit-B/16 vit-L/16")
+    om.add_argument("--model", nargs="+", help="e.g. vit-B/16 vit-L/16")
+    om.add_argument("--preset", help="measure the model (and optimizer settings) of a preset")
     om.add_argument("--optimizer", nargs="*", metavar="NAME[,KEY=VALUE]",
                     help="e.g. adam adam,mu_dtype=bfloat16 adafactor_bv shampoo sgd (default)")
     om.add_argument("--set", action="append", nargs="+", default=[], metavar="KEY=VALUE",

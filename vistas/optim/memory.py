@@ -79,27 +79,34 @@ def optimizer_memory(
     num_classes: int = 1000,
     image_size: int = 224,
     exact: bool = False,
+    base: config_lib.Config | None = None,
+    model_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Parameters and optimizer-state bytes of `model` under `optimizer` (a spec such as
-    `"adam,mu_dtype=bfloat16"`) with `optim.*` `overrides`; nothing is allocated."""
+    `"adam,mu_dtype=bfloat16"`) with `optim.*` `overrides`; nothing is allocated.
+
+    `base`: a config whose `optim` section is the starting point (e.g. a preset's);
+    `model_options`: model options such as width or depth (`preset_memory` fills both in).
+    """
     from vistas.models import vit
 
     name, spec_overrides = parse_optimizer(optimizer)
-    cfg = config_lib.Config()
+    cfg = config_lib.Config.from_dict(base.to_dict()) if base is not None else config_lib.Config()
     cfg.optim.name = name
     config_lib.apply_overrides(cfg, [*spec_overrides, *(
         o if o.startswith("optim.") else f"optim.{o}" for o in overrides)])
     optim = cfg.optim
     if name.lower() not in builder.OPTIMIZERS:
         builder.build_optimizer({}, name=name, lr=1.0, schedule=lambda s: 1.0)  # the error
-    kw = {"num_classes": num_classes, "image_size": image_size}
+    kw = {"num_classes": num_classes, "image_size": image_size, **(model_options or {})}
     family, _, variant = model.partition("-")
     if exact or family.lower() != "vit":
         params, nbytes = _measure(model, optim, **kw)
     else:
+        depth = kw.pop("depth", None)
         p1, b1 = _measure(model, optim, depth=1, **kw)  # validates the model name first
         p2, b2 = _measure(model, optim, depth=2, **kw)
-        depth = vit.SIZES[vit.parse_variant(variant)[0]][1]
+        depth = depth or vit.SIZES[vit.parse_variant(variant)[0]][1]
         params, nbytes = p1 + (depth - 1) * (p2 - p1), b1 + (depth - 1) * (b2 - b1)
     return {
         "model": model,
@@ -112,6 +119,23 @@ def optimizer_memory(
     }
 
 
+def preset_memory(cfg: config_lib.Config, optimizer: str | None = None,
+                  overrides: Sequence[str] = (), exact: bool = False) -> dict[str, Any]:
+    """`optimizer_memory` of the model and optimizer of a run config (e.g. a preset).
+
+    The number of classes is read from the config's dataset (its eval split is loaded).
+    """
+    from vistas.train import loop
+
+    _, _, num_classes = loop.build_sources(cfg, with_train=False)
+    options = config_lib.model_options(cfg.model)
+    options["channels"] = cfg.data.channels
+    spec = optimizer if optimizer is not None else cfg.optim.name
+    return optimizer_memory(cfg.model.name, spec, overrides=overrides, num_classes=num_classes,
+                            image_size=cfg.data.image_size, exact=exact, base=cfg,
+                            model_options=options)
+
+
 def table(models: Sequence[str], optimizers: Sequence[str] | None = None,
           **kwargs: Any) -> list[dict[str, Any]]:
     """`optimizer_memory` for every model x optimizer (default: the `STANDARD` rows)."""
@@ -119,5 +143,5 @@ def table(models: Sequence[str], optimizers: Sequence[str] | None = None,
     return [optimizer_memory(m, o, **kwargs) for m in models for o in optimizers]
 
 
-__all__ = ["STANDARD", "optimizer_memory", "parse_optimizer", "state_bytes", "table",
-           "tree_bytes"]
+__all__ = ["STANDARD", "optimizer_memory", "parse_optimizer", "preset_memory", "state_bytes",
+           "table", "tree_bytes"]
