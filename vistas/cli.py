@@ -177,19 +177,19 @@ def _cmd_fewshot(args: argparse.Namespace) -> int:
     report = fewshot.evaluate_workdir(
         args.workdir, datasets=args.datasets, shots=args.shots, seeds=args.seeds, l2=args.l2,
         l2_grid=args.l2_grid, max_test_examples=args.max_test_examples, step=args.step,
-        data_dir=args.data_dir)
+        data_dir=args.data_dir, random_init=args.random_init)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     sec = report["seconds"]
     l2 = (f"L2 chosen on validation from {report['l2']}" if isinstance(report["l2"], list)
           else f"L2 {report['l2']:g}")
-    print(f"few-shot linear accuracy (%), mean ± std over {report['seeds']} seeds, {l2}; "
-          f"checkpoint step {report['step']}")
+    what = "randomly initialised model" if args.random_init else f"checkpoint step {report['step']}"
+    print(f"few-shot linear accuracy (%), mean ± std over {report['seeds']} seeds, {l2}; {what}")
     print(fewshot.format_table(report))
     print(f"time: features {sec['features_total']:.1f} s, solves {sec['solve_total']:.2f} s, "
           f"setup {sec['setup']:.1f} s")
-    print(f"written to {args.workdir}/fewshot_{report['step']}.json")
+    print(f"written to {report['written_to']}")
     return 0
 
 
@@ -307,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="choose the strength per sample from these on a validation part")
     fs.add_argument("--max-test-examples", type=int, help="a fixed random subset of each test split")
     fs.add_argument("--step", type=int, help="checkpoint step (default: latest)")
+    fs.add_argument("--random-init", action="store_true",
+                    help="the same model freshly initialised instead of the checkpoint (a baseline)")
     fs.add_argument("--data-dir")
     fs.add_argument("--json", action="store_true")
     fs.set_defaults(fn=_cmd_fewshot)

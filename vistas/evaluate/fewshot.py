@@ -32,6 +32,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 from threadpoolctl import ThreadpoolController
 
 from vistas.data import catalog, sources, transforms
@@ -314,15 +315,24 @@ def from_config(cfg: Any, graphdef: Any, rest: Any, mesh: Any = None,
         mesh=mesh)
 
 
+def random_params(cfg: Any) -> Any:
+    """Freshly initialised parameters of ``cfg``'s model (seed ``train.seed``)."""
+    from vistas.train import loop
+
+    model = loop.build_model(cfg, int(loop.build_sources(cfg, with_train=False)[2]))
+    return nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[1])
+
+
 def evaluate_workdir(workdir: str | pathlib.Path, *, datasets: Sequence[str] | None = None,
                      shots: Sequence[int] | None = None, seeds: int | None = None,
                      l2: float | None = None, l2_grid: Sequence[float] | None = None,
                      max_test_examples: int | None = None, step: int | None = None,
-                     data_dir: str | None = None) -> dict[str, Any]:
+                     data_dir: str | None = None, random_init: bool = False) -> dict[str, Any]:
     """Few-shot evaluation of a run's checkpoint; writes ``fewshot_<step>.json`` in ``workdir``.
 
     Unset options come from the run's ``fewshot`` config section, and datasets default to
-    every transfer target that is present.
+    every transfer target that is present. ``random_init``: the same model with freshly
+    initialised parameters instead (a baseline; written to ``fewshot_random_init.json``).
     """
     from vistas.train import finetune
 
@@ -342,13 +352,17 @@ def evaluate_workdir(workdir: str | pathlib.Path, *, datasets: Sequence[str] | N
         f.max_test_examples = max_test_examples
     if data_dir is not None:
         cfg.data.data_dir = data_dir
+    if random_init:
+        params = jax.device_put(random_params(cfg), mesh_lib.replicated(mesh_lib.data_mesh()))
     evaluator = from_config(cfg, graphdef, rest, datasets=datasets)
     setup_s = time.perf_counter() - tick
     report = evaluator(params)
     report["seconds"]["setup"] = setup_s
-    report = {"step": found, "model": cfg.model.name, "image_size": cfg.data.image_size,
+    report = {"step": None if random_init else found, "model": cfg.model.name, "image_size": cfg.data.image_size,
               "shots": evaluator.shots, "seeds": evaluator.seeds,
               "l2": evaluator.l2_grid or evaluator.l2, **report}
     if jax.process_index() == 0:
-        (workdir / f"fewshot_{found}.json").write_text(json.dumps(report, indent=2))
+        name = "fewshot_random_init.json" if random_init else f"fewshot_{found}.json"
+        (workdir / name).write_text(json.dumps(report, indent=2))
+    report["written_to"] = str(workdir / name)
     return report
