@@ -71,7 +71,7 @@ def test_init_params_replaces_the_head_and_resamples_the_position_embedding(upst
         finetune.init_params(other, loop.build(other).params)
 
 
-FT = ["--dataset", "lfw_faces", "--resolution", "21", "--steps", "12", "--batch-size", "32",
+FT = ["--dataset", "lfw_faces", "--resolution", "21", "--steps", "8", "--batch-size", "32",
       "--lr", "0.03", "--set", "data.eval_batch_size=40", "train.log_every=1", "train.ckpt_every=4"]
 
 
@@ -81,21 +81,21 @@ def test_finetune_cli_runs_records_its_upstream_and_resumes_exactly(upstream, tm
     whole = tmp_path / "whole"
     assert cli.main(["finetune", "--from", str(upstream), "--workdir", str(whole), *FT]) == 0
     out = capsys.readouterr().out
-    assert "fine-tuning finished: step 12/12" in out and "eval/test/top1" in out
+    assert "fine-tuning finished: step 8/8" in out and "eval/test/top1" in out
     saved = json.loads((whole / "config.json").read_text())
     assert saved["train"]["init_from"] == str(upstream.absolute())
     assert saved["data"]["image_size"] == 21 and saved["optim"]["name"] == "sgd"
     losses = [r["train/loss"] for r in read_metrics(whole / "metrics.jsonl") if "train/loss" in r]
     assert losses[0] == pytest.approx(np.log(2), rel=1e-4)  # zero head: uniform over 2 classes
-    # interrupted after 5 steps, then the same command: resumes from its own checkpoint
+    # interrupted after 3 steps, then the same command: resumes from its own checkpoint
     split = tmp_path / "split"
     cfg = finetune.transfer_config(loop.load_config(upstream), dataset="lfw_faces", resolution=21,
-                                   duration=12, batch_size=32, lr=0.03, init_from=upstream,
+                                   duration=8, batch_size=32, lr=0.03, init_from=upstream,
                                    overrides=FT[-3:])
-    first = loop.train(cfg, split, stop_after=5, quiet=True)
-    assert first["step"] == 5 and first["interrupted"]
+    first = loop.train(cfg, split, stop_after=3, quiet=True)
+    assert first["step"] == 3 and first["interrupted"]
     assert cli.main(["finetune", "--from", str(upstream), "--workdir", str(split), *FT]) == 0
-    assert "resuming at step 5" in capsys.readouterr().out
+    assert "resuming at step 3" in capsys.readouterr().out
     a = jax.device_get(finetune.restore_params(whole)[3])
     b = jax.device_get(finetune.restore_params(split)[3])
     for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(a),
