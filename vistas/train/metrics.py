@@ -83,7 +83,7 @@ def plot_curves(metrics_path: pathlib.Path, out_path: pathlib.Path) -> pathlib.P
     series: dict[str, tuple[list, list]] = {}
     for r in rows:
         for k, v in r.items():
-            if k != "step" and isinstance(v, (int, float)) and (k.endswith("loss") or k.endswith("top1")):
+            if k != "step" and isinstance(v, (int, float)) and k.endswith(("loss", "top1", "prec@1")):
                 xs, ys = series.setdefault(k, ([], []))
                 xs.append(r["step"])
                 ys.append(v)
