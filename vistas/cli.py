@@ -72,7 +72,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
     print(f"{'model':<12} {'parameters':>16}   (at {args.image_size} px, {args.num_classes} classes)")
     for r in rows:
         print(f"{r['name']:<12} {r['params']:>16,}")
-    print("any vit-NAME/PATCH works (NAME in mu Ti S M B L H g G e); see docs for options")
+    from vistas.models import vit
+
+    print(f"any vit-NAME/PATCH works (NAME in {' '.join(vit.SIZES)}); options: docs/models.md")
     return 0
 
 

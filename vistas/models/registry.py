@@ -23,14 +23,13 @@ from vistas.models import vit
 LISTED = {
     "vit": [
         "mu/16", "Ti/16", "S/16", "S/32", "M/16", "B/16", "B/32", "L/16",
-        "H/14", "g/14", "G/14", "e/14",
+        "H/14", "g/14", "G/14", "e/14", "22B/14",
     ],
 }
 
 
 def _build_vit(variant: str, *, num_classes: int, rngs: nnx.Rngs, **options: Any) -> nnx.Module:
-    size, patch = vit.parse_variant(variant)
-    width, depth, mlp_dim, num_heads = vit.SIZES[size]
+    vit.parse_variant(variant)
     fields = {f.name for f in dataclasses.fields(vit.ViTConfig)}
     unknown = sorted(set(options) - fields)
     if unknown:
@@ -38,9 +37,8 @@ def _build_vit(variant: str, *, num_classes: int, rngs: nnx.Rngs, **options: Any
         raise ConfigError(
             f"model.{unknown[0]} is not an option of ViT models; their options: {', '.join(allowed)}"
         )
-    kwargs = dict(patch=patch, width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads)
-    kwargs.update({k: v for k, v in options.items() if v is not None})
-    return vit.VisionTransformer(vit.ViTConfig(num_classes=num_classes, **kwargs), rngs=rngs)
+    cfg = vit.variant_config(variant, num_classes=num_classes, **options)
+    return vit.VisionTransformer(cfg, rngs=rngs)
 
 
 FAMILIES: dict[str, Callable[..., nnx.Module]] = {"vit": _build_vit}
