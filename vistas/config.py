@@ -69,7 +69,7 @@ class ModelConfig:
     group_width: int | None = None  # NFNet: channels per group of the grouped 3x3 convs
     drop_path: float | None = None  # stochastic depth rate of the last block
     activation: str | None = None  # NFNet: gamma-scaled activation, "gelu" by default
-    stem: str | None = None  # BiT: "resnet" (7x7/2 + max pool) or "small" (one 3x3/1 conv)
+    stem_widths: list[int] | None = None  # NFNet: channels of the stem convs before the last
     # ViT block (vit-*; docs/models.md): None keeps the variant's choice (22B/14: ViT-22B block)
     parallel: bool | None = None  # x + Attn(LN(x)) + MLP(LN(x)) from one LayerNorm
     fused: bool = False  # parallel block as one input and one output matmul

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from vistas.errors import ConfigError
-from vistas.models import vit
+from vistas.models import bit, nfnet, vit
 
 # Variants listed by ``vistas models`` (any ``vit-NAME/PATCH`` is accepted by ``create``).
 LISTED = {
@@ -25,6 +25,8 @@ LISTED = {
         "mu/16", "Ti/16", "S/16", "S/32", "M/16", "B/16", "B/32", "L/16",
         "H/14", "g/14", "G/14", "e/14", "22B/14",
     ],
+    "nfnet": nfnet.VARIANTS,  # F0..F7, F0+..F7+
+    "bit": bit.VARIANTS,  # R50x1..R152x4
 }
 
 
@@ -41,7 +43,14 @@ def _build_vit(variant: str, *, num_classes: int, rngs: nnx.Rngs, **options: Any
     return vit.VisionTransformer(cfg, rngs=rngs)
 
 
-FAMILIES: dict[str, Callable[..., nnx.Module]] = {"vit": _build_vit}
+FAMILIES: dict[str, Callable[..., nnx.Module]] = {
+    "vit": _build_vit, "nfnet": nfnet.build, "bit": bit.build,
+}
+# Families built of stages whose blocks after the first are identical, and whose parameter
+# shapes follow from the options and the variant's stage depths and widths: variant -> those.
+STAGED: dict[str, Callable[[str], tuple[tuple[int, ...], tuple[int, ...]]]] = {
+    "nfnet": nfnet.variant_stages, "bit": bit.variant_stages,
+}
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -118,9 +127,42 @@ def _count_by_depth(name: str, **options: Any) -> int:
     same number in milliseconds.
     """
     family, variant = _split_name(name)
+    if family in STAGED:
+        return _count_by_stages(name, **options)
     if family != "vit":
         return count_params(name, **options)
     depth = vit.SIZES[vit.parse_variant(variant)[0]][1]
     one = count_params(name, depth=1, **options)
     two = count_params(name, depth=2, **options)
     return one + (depth - 1) * (two - one)
+
+
+_STAGE_COUNTS: dict[tuple, tuple[int, list[int]]] = {}
+
+
+def _count_by_stages(name: str, *, exclude_head: bool = False, **options: Any) -> int:
+    """Exact count of a ConvNet from one abstract model with two blocks per stage.
+
+    Blocks after the first of a stage are identical, so the count of any depths follows
+    from the count of ``stage{s}/block01`` in the two-block model. That model depends only
+    on the stage widths and the options, so variants differing only in depth share it.
+    """
+    family, variant = _split_name(name)
+    depths, widths = STAGED[family](variant)
+    depths = tuple(options.pop("depths", None) or depths)
+    widths = tuple(options.pop("widths", None) or widths)
+    key = (family, widths, len(depths), exclude_head, repr(sorted(options.items())))
+    if key not in _STAGE_COUNTS:
+        model = abstract(name, depths=[2] * len(depths), widths=list(widths), **options)
+        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        blocks = [sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params[f"stage{s}"]["block01"]))
+                  for s in range(len(depths))]
+        _STAGE_COUNTS[key] = (count_params(model, exclude_head=exclude_head), blocks)
+    total, blocks = _STAGE_COUNTS[key]
+    return total + sum((d - 2) * b for d, b in zip(depths, blocks, strict=True))
+
+
+def needs_rng(model: nnx.Module) -> bool:
+    """Whether the model draws random numbers in training (dropout, stochastic depth)."""
+    cfg = getattr(model, "cfg", None)
+    return any((getattr(cfg, key, None) or 0) > 0 for key in ("dropout", "drop_path"))
