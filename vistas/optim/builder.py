@@ -359,10 +359,11 @@ def build_optimizer(
         if grad_clip_norm is not None
         else optax.identity()
     )
+    agc_eps = _check_number("agc_eps", agc_eps)
+    agc = agc_lib.adaptive_grad_clip(exclude=agc_exclude)  # validates the rules even when off
     if agc_clip is not None:
-        agc_clip = _check_number("agc_clip", agc_clip, low_open=True)
-        agc_eps = _check_number("agc_eps", agc_eps)
-        agc = agc_lib.adaptive_grad_clip(agc_clip, agc_eps, agc_exclude)
+        agc = agc_lib.adaptive_grad_clip(
+            _check_number("agc_clip", agc_clip, low_open=True), agc_eps, agc_exclude)
     else:
         agc = optax.identity()
     train = optax.named_chain(
