@@ -190,7 +190,7 @@ class FewShotEvaluator:
         self.shots = sorted({int(s) for s in shots})
         self.seeds = int(seeds)
         self.l2 = float(l2)
-        self.l2_grid = [float(v) for v in l2_grid]
+        self.l2_grid = sorted(float(v) for v in l2_grid)
         self.transform = transforms.make_eval_transform(image_size=image_size,
                                                         value_range=value_range)
         self.graphdef, self.rest = graphdef, rest
@@ -215,7 +215,8 @@ class FewShotEvaluator:
             self.targets.append(_Target(name, k, sources.Subset(train, used), test, rows))
 
     def __call__(self, params: Any) -> dict[str, Any]:
-        """``{"results": {dataset: {shots: {...}}}, "seconds": {...}}`` (see ``run_targets``)."""
+        """``{"results": {dataset: {"<shots>": {"accuracy": [per seed], "mean", "std", "l2":
+        [per seed]}}}, "seconds": {"features": {dataset: s}, "features_total", "solve_total"}}``."""
         results: dict[str, Any] = {}
         feature_s: dict[str, float] = {}
         solve_s = 0.0
