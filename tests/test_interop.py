@@ -196,6 +196,20 @@ def _logits(model, x):
     return model(x)[0]
 
 
+def abstract_vit(**options):
+    """This file's ViT, shapes only (loading fills it; nothing is initialised)."""
+    kw = {**dict(num_classes=K, patch=P, width=D, depth=DEPTH, mlp_dim=M, num_heads=H, image_size=16,
+                 channels=C), **options}
+    return nnx.eval_shape(lambda: vit.VisionTransformer(vit.ViTConfig(**kw), rngs=nnx.Rngs(0)))
+
+
+def random_vit(seed=3, **options):
+    model = abstract_vit(**options)
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(lambda s: rand(rng, *s.shape), interop.model_params(model))
+    return interop.assign(model, params)
+
+
 def logits_of(model, x):
     return np.asarray(_logits(model, jax.numpy.asarray(x)))
 
@@ -448,17 +462,17 @@ def test_big_vision_to_timm_and_back_from_the_command_line(pool, tmp_path, capsy
 
 def test_mismatched_checkpoints_name_the_key_and_shape(tmp_path):
     np.savez(tmp_path / "bv.npz", **bv_checkpoint())
-    other = vit.VisionTransformer(vit.ViTConfig(num_classes=K, patch=P, width=D, depth=DEPTH, mlp_dim=2 * M,
-                                                num_heads=H, image_size=16, channels=C), rngs=nnx.Rngs(0))
+    other = abstract_vit(mlp_dim=2 * M)
     with pytest.raises(ConfigError, match=r"'encoder/block00/mlp/fc1/(bias|kernel)' has shape \[(32, )?64\] "
                                           r"but the model needs \[(32, )?128\]"):
         interop.load_params(tmp_path / "bv.npz", other)
-    three = vit.VisionTransformer(vit.ViTConfig(num_classes=3, patch=P, width=D, depth=DEPTH, mlp_dim=M,
-                                                num_heads=H, image_size=16, channels=C), rngs=nnx.Rngs(0))
+    three = abstract_vit(num_classes=3)
     with pytest.raises(ConfigError, match=r"'head/(bias|kernel)' has shape \[(32, )?5\] but the model needs \[(32, )?3\]"):
         interop.load_params(tmp_path / "bv.npz", three)
-    new_head = interop.load_model(tmp_path / "bv.npz", num_classes=3)  # a new head: kept fresh
-    assert new_head.head.kernel[...].shape == (D, 3)
+    new_head = interop.load_model(tmp_path / "bv.npz", num_classes=3, head_zeroinit=False)
+    kernel = np.asarray(new_head.head.kernel[...])  # a new head, freshly initialised
+    assert kernel.shape == (D, 3) and np.all(np.isfinite(kernel)) and np.any(kernel != 0)
+    np.testing.assert_array_equal(new_head.embedding.kernel[...], bv_checkpoint()["params/embedding/kernel"])
     flat = bv_checkpoint()
     flat["params/Transformer/encoderblock_0/LayerScale_0/gamma"] = np.ones(D, np.float32)
     np.savez(tmp_path / "odd.npz", **flat)
@@ -484,9 +498,7 @@ def test_timm_features_without_a_counterpart_are_named(key, what, tmp_path):
 
 
 def test_blocks_that_a_format_lacks_are_refused(tmp_path):
-    model = vit.VisionTransformer(vit.ViTConfig(num_classes=K, patch=P, width=D, depth=1, mlp_dim=M,
-                                                num_heads=H, image_size=16, channels=C, parallel=True),
-                                  rngs=nnx.Rngs(0))
+    model = random_vit(parallel=True, qk_norm=True)
     for name in ("x.npz", "x.safetensors"):
         with pytest.raises(ConfigError, match="has no parallel block; .* --to vistas"):
             interop.export(model, tmp_path / name)

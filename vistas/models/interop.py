@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -476,6 +477,12 @@ def model_params(model: nnx.Module) -> dict:
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
+def _concrete(tree: Any) -> Any:
+    """Zeros for the leaves of an abstract model (``nnx.eval_shape``): shapes and dtypes."""
+    return jax.tree.map(lambda t: np.zeros(t.shape, t.dtype) if isinstance(t, jax.ShapeDtypeStruct) else t,
+                        tree)
+
+
 def load_params(source: str | pathlib.Path | Checkpoint, model: nnx.Module, *,
                 reset_head: bool = False) -> dict:
     """``model``'s parameters filled from ``source`` (a path or a :class:`Checkpoint`).
@@ -484,9 +491,10 @@ def load_params(source: str | pathlib.Path | Checkpoint, model: nnx.Module, *,
     position embedding to ``model``'s patch grid, and with ``reset_head`` keeps ``model``'s
     own head where the checkpoint's has another number of classes (or none). Anything
     else that differs is a one-line :class:`ConfigError` naming the parameter and shapes.
+    ``model`` may be abstract (``nnx.eval_shape``): no weights need to be initialised.
     """
     ckpt = source if isinstance(source, Checkpoint) else read(source, image_size=_hw(model))
-    target = model_params(model)
+    target = _concrete(model_params(model))
     params = vit.convert_layout(ckpt.params, target)
     target_grid = getattr(getattr(model, "cfg", None), "grid", None)
     return adapt.adapt_params(params, target, reset_head=reset_head, target_grid=target_grid,
@@ -500,9 +508,10 @@ def _hw(model: nnx.Module) -> Any:
 
 
 def assign(model: nnx.Module, params: Mapping) -> nnx.Module:
-    """Writes a nested parameter dict into ``model`` (in place) and returns it."""
+    """Writes a nested parameter dict into ``model`` (in place, abstract models too) and
+    returns it."""
     state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, dict(params)))
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, dict(params)))
     nnx.update(model, state)
     return model
 
@@ -513,14 +522,18 @@ def load_model(path: str | pathlib.Path | Checkpoint, *, model: str | None = Non
     e.g. ``image_size=384`` or ``scan=True``) with the checkpoint's weights."""
     ckpt = path if isinstance(path, Checkpoint) else read(path, model=model)
     cfg = dataclasses.replace(ckpt.cfg, **options)
-    net = vit.VisionTransformer(cfg, rngs=nnx.Rngs(0))
-    return assign(net, load_params(ckpt, net, reset_head=cfg.num_classes != ckpt.cfg.num_classes))
+    new_head = cfg.num_classes != ckpt.cfg.num_classes
+
+    net = nnx.eval_shape(lambda: vit.VisionTransformer(cfg, rngs=nnx.Rngs(0)))
+    if new_head:  # the only weights to initialise
+        net.reset_head(cfg.num_classes, rngs=nnx.Rngs(0))
+    return assign(net, load_params(ckpt, net, reset_head=new_head))
 
 
 def _adapt_to(ckpt: Checkpoint, cfg: vit.ViTConfig) -> dict:
     """``ckpt``'s parameters for a model of ``cfg`` without initialising that model."""
     abstract = nnx.eval_shape(lambda: vit.VisionTransformer(cfg, rngs=nnx.Rngs(0)))
-    target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), model_params(abstract))
+    target = _concrete(model_params(abstract))
     params = vit.convert_layout(ckpt.params, target)
     return adapt.adapt_params(params, target, reset_head=False, target_grid=cfg.grid,
                               source_grid=ckpt.cfg.grid if ckpt.cfg.posemb == "learn" else None)
