@@ -101,3 +101,42 @@ def test_finetune_cli_runs_records_its_upstream_and_resumes_exactly(upstream, tm
     for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(a),
                                  jax.tree_util.tree_leaves_with_path(b), strict=True):
         np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+
+NFNET = ["model.name=nfnet-F0", "model.width=None", "model.depth=None", "model.mlp_dim=None",
+         "model.num_heads=None", "model.widths=[16, 16, 32, 32]", "model.group_width=8",
+         "model.stem_widths=[4, 8, 8]", "model.depths=[1, 1, 1, 1]",
+         "data.eval_splits=['test[:200]']", "data.eval_batch_size=200"]
+
+
+def write_run(workdir, cfg, params, step=1):
+    """A run folder as training leaves it (config.json, a checkpoint holding the parameters)."""
+    from vistas import checkpoint as ckpt_lib
+
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(cfg.to_json())
+    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints")
+    checkpointer.save(step, {"params": params}, {})
+    checkpointer.close()
+
+
+@requires_fashion_mnist
+@pytest.mark.slow
+def test_convnets_transfer_without_position_embeddings(tmp_path):
+    from vistas.evaluate import fewshot
+
+    upstream_cfg = smoke(*NFNET)
+    params = jax.tree.map(lambda x: x + 0.01, loop.build(upstream_cfg).params)  # not an init
+    write_run(tmp_path / "up", upstream_cfg, params)
+    cfg = finetune.transfer_config(upstream_cfg, dataset="lfw_faces", resolution=21,
+                                   init_from=tmp_path / "up")
+    target = loop.build(cfg).params
+    got = adapt.flatten(finetune.init_params(cfg, target))
+    flat_up = adapt.flatten(jax.device_get(params))
+    assert got["head/kernel"].shape[-1] == 2 and not np.asarray(got["head/kernel"]).any()
+    body = [k for k in got if not k.startswith("head/")]
+    assert len(body) > 10 and set(body) == {k for k in flat_up if not k.startswith("head/")}
+    for key in body:
+        np.testing.assert_array_equal(got[key], flat_up[key], err_msg=key)
+    report = fewshot.evaluate_workdir(tmp_path / "up", datasets=["lfw_faces"], shots=[2], seeds=2)
+    assert report["step"] == 1 and len(report["results"]["lfw_faces"]["2"]["accuracy"]) == 2
