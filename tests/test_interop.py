@@ -526,7 +526,8 @@ def test_convert_errors_are_one_line(tmp_path, capsys):
 @pytest.mark.slow
 @requires_fashion_mnist
 def test_a_trained_run_exports_to_both_formats(tmp_path):
-    cfg = smoke("train.duration=8", "train.eval_every=8", "train.ckpt_every=8", "model.pool='tok'")
+    cfg = smoke("train.duration=8", "train.eval_every=8", "train.ckpt_every=8", "schedule.warmup=2",
+                "model.pool='tok'")
     loop.train(cfg, tmp_path / "run", quiet=True)
     exp, params, _ = loop.final_params(tmp_path / "run")
     model = interop.assign(nnx.clone(exp.model), jax.tree.map(np.asarray, params))

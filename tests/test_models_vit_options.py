@@ -432,11 +432,11 @@ def test_vit22b_preset_is_the_demo_with_the_22b_block():
 def test_vit22b_block_trains_on_fashion_mnist(tmp_path):
     cfg = presets.get("fashion_mnist_vit22b")
     config_lib.apply_overrides(cfg, [
-        "data.num_train_examples=2048", "data.eval_splits=['test[:1000]']", "train.duration=96",
-        "train.eval_every=96", "train.ckpt_every=96", "model.drop_path=0.1", "model.scan=True",
+        "data.num_train_examples=2048", "data.eval_splits=['test[:1000]']", "train.duration=64",
+        "train.eval_every=64", "train.ckpt_every=64", "model.drop_path=0.1", "model.scan=True",
         "model.fused=True",
     ])
     summary = loop.train(cfg, tmp_path / "run", quiet=True)
-    assert summary["finished"] and summary["eval/test[:1000]/top1"] > 0.5
+    assert summary["finished"] and summary["eval/test[:1000]/top1"] > 0.4  # chance: 0.1
     exp, params, _ = loop.final_params(tmp_path / "run")
     assert exp.model.cfg.parallel and "blocks" in params["encoder"]
