@@ -166,7 +166,7 @@ def test_trains_a_vit(tmp_path):
     from vistas.train import loop
     from vistas.train.metrics import read_metrics
 
-    cfg = smoke("optim.name=adafactor_bv", "train.duration=32", "train.log_every=8")
+    cfg = smoke("optim.name=adafactor_bv", "train.duration=16", "train.log_every=4", "model.depth=1")
     summary = loop.train(cfg, tmp_path / "r", quiet=True)
     losses = [r["train/loss"] for r in read_metrics(tmp_path / "r" / "metrics.jsonl")
               if "train/loss" in r]

@@ -13,7 +13,6 @@ from conftest import requires_fashion_mnist, smoke
 from flax import nnx
 
 from vistas.errors import ConfigError
-from vistas.models import registry
 from vistas.optim import sam
 from vistas.optim.builder import build_optimizer
 from vistas.train import losses
@@ -47,10 +46,20 @@ def test_gradient_at_the_perturbed_point_by_hand():
                                rtol=1e-6)
 
 
-def _tiny_vit():
-    model = registry.create("vit-mu/7", num_classes=3, image_size=14, channels=1, width=16,
-                            depth=1, mlp_dim=32, num_heads=2, head_zeroinit=False)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+class TinyNet(nnx.Module):
+    """A two-layer classifier with the model interface of the train step."""
+
+    def __init__(self, *, rngs):
+        self.body = nnx.Linear(196, 16, rngs=rngs)
+        self.head = nnx.Linear(16, 3, rngs=rngs)
+
+    def __call__(self, images, rng=None):
+        x = jnp.tanh(self.body(images.reshape(images.shape[0], -1)))
+        return self.head(x), {"pre_logits": x}
+
+
+def _tiny_model():
+    graphdef, params, rest = nnx.split(TinyNet(rngs=nnx.Rngs(0)), nnx.Param, ...)
     return graphdef, nnx.to_pure_dict(params), rest
 
 
@@ -62,7 +71,7 @@ def _batch(seed, n=8):
 
 def test_train_step_update_by_hand():
     """SGD (no momentum) with SAM: θ' = θ - lr · ∇L(θ + ρ g/‖g‖), head frozen."""
-    graphdef, params, rest = _tiny_vit()
+    graphdef, params, rest = _tiny_model()
     frozen = ["head/.*"]
     lr, rho = 0.1, 0.05
     tx = build_optimizer(params, name="sgd", lr=lr, schedule=lambda s: 1.0, momentum=0.0,
@@ -101,14 +110,22 @@ SHARDED_SNIPPET = r"""
 import json
 import jax, jax.numpy as jnp, numpy as np
 from flax import nnx
-from vistas.models import registry
 from vistas.optim.builder import build_optimizer
 from vistas.systems import mesh as mesh_lib
 from vistas.train import losses, step as step_lib
 
-model = registry.create("vit-mu/7", num_classes=3, image_size=14, channels=1, width=16,
-                        depth=1, mlp_dim=32, num_heads=2, head_zeroinit=False)
-graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+class TinyNet(nnx.Module):
+    def __init__(self, *, rngs):
+        self.body = nnx.Linear(196, 16, rngs=rngs)
+        self.head = nnx.Linear(16, 3, rngs=rngs)
+
+    def __call__(self, images, rng=None):
+        x = jnp.tanh(self.body(images.reshape(images.shape[0], -1)))
+        return self.head(x), {}
+
+
+graphdef, params, rest = nnx.split(TinyNet(rngs=nnx.Rngs(0)), nnx.Param, ...)
 params = nnx.to_pure_dict(params)
 tx = build_optimizer(params, name="sgd", lr=0.1, schedule=lambda s: 1.0)
 fn = step_lib.make_train_step(graphdef, rest, tx, losses.softmax_xent, lambda s: 1e-2,
@@ -161,7 +178,7 @@ def test_trains_a_vit(tmp_path):
     from vistas.train import loop
     from vistas.train.metrics import read_metrics
 
-    cfg = smoke("optim.sam_rho=0.05", "train.duration=32", "train.log_every=8")
+    cfg = smoke("optim.sam_rho=0.05", "train.duration=16", "train.log_every=4", "model.depth=1")
     summary = loop.train(cfg, tmp_path / "r", quiet=True)
     losses_ = [r["train/loss"] for r in read_metrics(tmp_path / "r" / "metrics.jsonl")
                if "train/loss" in r]

@@ -74,13 +74,13 @@ def test_blocks_are_preconditioned_independently():
     g = _normal((64, 48), 2)
     kw = {"every": 1, "start": 0, "b1": 0.0, "graft": "sgd"}
     whole = shampoo.scale_by_shampoo(block_size=32, **kw)
-    u, state = whole.update({"w": g}, whole.init({"w": g}))
+    u, state = jax.jit(whole.update)({"w": g}, whole.init({"w": g}))
     assert state.preconditioners["w"].left.shape == (4, 32, 32)  # 2 x 2 blocks
     single = shampoo.scale_by_shampoo(block_size=128, **kw)
     for rows in (slice(0, 32), slice(32, 64)):
         for cols in (slice(0, 32), slice(32, 48)):  # the last column block is zero-padded
             part = {"w": g[rows, cols]}
-            want, _ = single.update(part, single.init(part))
+            want, _ = jax.jit(single.update)(part, single.init(part))
             np.testing.assert_allclose(u["w"][rows, cols], want["w"], rtol=1e-3, atol=1e-5)
 
 
@@ -168,8 +168,8 @@ def test_trains_a_vit(tmp_path):
     from vistas.train import loop
     from vistas.train.metrics import read_metrics
 
-    cfg = smoke("optim.name=shampoo", "train.duration=32", "train.log_every=8",
-                "optim.shampoo_block_size=64")
+    cfg = smoke("optim.name=shampoo", "train.duration=16", "train.log_every=4",
+                "optim.shampoo_block_size=64", "model.depth=1")
     summary = loop.train(cfg, tmp_path / "r", quiet=True)
     losses = [r["train/loss"] for r in read_metrics(tmp_path / "r" / "metrics.jsonl")
               if "train/loss" in r]
