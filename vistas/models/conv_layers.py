@@ -7,6 +7,7 @@ so the fan-in of an output unit is the product of the first three kernel axes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -87,6 +88,11 @@ def scaled_activation(name: str) -> Callable[[jax.Array], jax.Array]:
     return lambda x: act(x) * jnp.asarray(gamma, x.dtype)
 
 
+def activate(name: str, x: jax.Array) -> jax.Array:
+    """``gamma · act(x)`` for the activation called ``name``."""
+    return scaled_activation(name)(x)
+
+
 def standardize(kernel: jax.Array, *, scaled: bool, eps: float) -> jax.Array:
     """Standardises each output unit of an HWIO kernel over its fan-in ``N = kh·kw·in``.
 
@@ -100,6 +106,25 @@ def standardize(kernel: jax.Array, *, scaled: bool, eps: float) -> jax.Array:
         fan_in = int(np.prod(kernel.shape[:-1]))
         return (kernel - mean) * jax.lax.rsqrt(jnp.maximum(var * fan_in, eps))
     return (kernel - mean) * jax.lax.rsqrt(var + eps)
+
+
+def grouped_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: str | tuple,
+                 groups: int) -> jax.Array:
+    """NHWC convolution with an HWIO kernel of ``in/groups`` input channels per output.
+
+    XLA's CPU backend runs grouped convolutions (``feature_group_count > 1``) 10-25 times
+    slower than one ordinary convolution per group, forward and backward; on CPU the groups
+    are therefore convolved separately and concatenated (the same function of the same
+    parameters). Other backends use the grouped convolution.
+    """
+    conv = functools.partial(
+        jax.lax.conv_general_dilated, window_strides=(stride, stride), padding=padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if groups == 1 or jax.default_backend() != "cpu":
+        return conv(x, kernel, feature_group_count=groups)
+    xs = jnp.split(x, groups, axis=-1)
+    ws = jnp.split(kernel, groups, axis=-1)
+    return jnp.concatenate([conv(a, b) for a, b in zip(xs, ws, strict=True)], axis=-1)
 
 
 class WSConv(nnx.Module):
@@ -135,10 +160,7 @@ class WSConv(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         w = self.standardized_kernel().astype(x.dtype)
-        y = jax.lax.conv_general_dilated(
-            x, w, window_strides=(self.stride, self.stride), padding=self.padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups,
-        )
+        y = grouped_conv(x, w, self.stride, self.padding, self.groups)
         if self.bias is not None:
             y = y + self.bias[...].astype(y.dtype)
         return y

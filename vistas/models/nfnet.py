@@ -129,7 +129,7 @@ class NFBlock(nnx.Module):
         width = int(out_ch * cfg.expansion)
         groups = width // cfg.group_width
         width = groups * cfg.group_width  # rounded to whole groups
-        self.act = layers.scaled_activation(cfg.activation)
+        self.activation = cfg.activation
         self.beta, self.alpha, self.stride, self.drop_path = beta, cfg.alpha, stride, drop_path
         self.conv0 = layers.WSConv(in_ch, width, 1, rngs=rngs)
         self.conv1 = layers.WSConv(width, width, 3, stride=stride, groups=groups, rngs=rngs)
@@ -142,7 +142,7 @@ class NFBlock(nnx.Module):
         self.skip_gain = nnx.Param(jnp.asarray(np.zeros((), np.float32)))  # SkipInit
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-        out = self.act(x) * self.beta
+        out = layers.activate(self.activation, x) * self.beta
         shortcut = x
         if self.stride > 1:
             shortcut = layers.avg_pool_2x2(out)
@@ -151,9 +151,9 @@ class NFBlock(nnx.Module):
         elif self.conv_shortcut is not None:
             shortcut = self.conv_shortcut(out)
         out = self.conv0(out)
-        out = self.conv1(self.act(out))
-        out = self.conv1b(self.act(out))
-        out = self.conv2(self.act(out))
+        out = self.conv1(layers.activate(self.activation, out))
+        out = self.conv1b(layers.activate(self.activation, out))
+        out = self.conv2(layers.activate(self.activation, out))
         out = 2.0 * self.se(out) * out  # SE gates average 1/2 at init: scaled back by 2
         out = layers.drop_path(out, self.drop_path, rng)
         return shortcut + out * (self.alpha * self.skip_gain[...]).astype(out.dtype)
@@ -177,7 +177,7 @@ class Stem(nnx.Module):
 
     def __init__(self, cfg: NFNetConfig, *, rngs: nnx.Rngs):
         chans = [cfg.channels, *cfg.stem_widths, cfg.widths[0] // 2]
-        self.act = layers.scaled_activation(cfg.activation)
+        self.activation = cfg.activation
         self.num = len(chans) - 1
         for i in range(self.num):
             stride = 2 if i in (0, self.num - 1) else 1
@@ -187,7 +187,7 @@ class Stem(nnx.Module):
         for i in range(self.num):
             x = getattr(self, f"conv{i}")(x)
             if i < self.num - 1:
-                x = self.act(x)
+                x = layers.activate(self.activation, x)
         return x
 
 
@@ -196,7 +196,7 @@ class NFNet(nnx.Module):
 
     def __init__(self, cfg: NFNetConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.act = layers.scaled_activation(cfg.activation)
+        self.activation = cfg.activation
         self.stem = Stem(cfg, rngs=rngs)
         ch = cfg.widths[0] // 2
         num_blocks = sum(cfg.depths)
@@ -237,7 +237,7 @@ class NFNet(nnx.Module):
         rngs = layers.split_rng(rng, len(self.cfg.depths))
         for s, r in enumerate(rngs):
             x = getattr(self, f"stage{s}")(x, out, f"stage{s}", r)
-        x = self.act(self.final_conv(x))
+        x = layers.activate(self.activation, self.final_conv(x))
         out["final_conv"] = x
         x = jnp.mean(x, axis=(1, 2))
         out["pre_logits"] = x
