@@ -179,7 +179,7 @@ def test_state_is_addressed_by_names_and_counts_steps():
         _params(), lr=0.1, schedule=_constant, grad_clip_norm=None, frozen=["head/.*"]
     )
     stages = list(state.inner_states["train"].inner_state)
-    assert stages == ["clip", "direction", "lr", "weight_decay", "schedule"]
+    assert stages == ["clip", "agc", "direction", "lr", "weight_decay", "schedule"]
     assert list(other.init(_params()).inner_states["train"].inner_state) == stages
     assert set(state.inner_states) == {"train", "frozen"}
 
