@@ -23,6 +23,7 @@ from conftest import cli_env, committed_steps, requires_fashion_mnist, smoke, vi
 
 from vistas import checkpoint as ckpt_lib
 from vistas import cli
+from vistas import config as config_lib
 from vistas.errors import ConfigError, VistasError
 from vistas.systems import mesh as mesh_lib
 from vistas.train import loop, losses
@@ -218,6 +219,20 @@ def test_evaluate_workdir_reproduces_the_run(smoke_run):
     earlier = loop.evaluate_workdir(workdir, step=32, splits=["test[:200]"])
     assert earlier["step"] == 32 and set(earlier) == {"step", "eval/test[:200]/top1", "eval/test[:200]/loss",
                                                   "eval/test[:200]/ece"}
+
+
+@requires_fashion_mnist
+def test_final_params_ignore_the_optimizer_state_and_the_training_split(smoke_run):
+    """Only parameters are read: the run's checkpoint still evaluates under another optimizer
+    (another state shape) and with a duration in epochs (no training split is opened)."""
+    workdir, _ = smoke_run
+    _, reference, _ = loop.final_params(workdir)
+    cfg = config_lib.apply_overrides(loop.load_config(workdir), ["optim.name=sgd", "train.duration=3ep"])
+    exp, params, step = loop.final_params(workdir, cfg)
+    assert step == 64 and exp.train_source is None
+    assert_same_params(params, reference)
+    with pytest.raises(VistasError, match="has no checkpoint 7; steps: \\[32, 64\\]"):
+        loop.final_params(workdir, step=7)
 
 
 @requires_fashion_mnist

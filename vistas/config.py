@@ -281,11 +281,37 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported field type {tp}")
 
 
+# Names other frameworks use for settings that vistas spells differently; an unknown key
+# that is one of these is answered with the vistas name rather than a spelling neighbour.
+_ALIASES = {
+    "weight_decay": "wd",
+    "learning_rate": "lr",
+    "beta1": "b1",
+    "beta2": "b2",
+    "epsilon": "eps",
+    "optimizer": "name",
+    "clip_grad_norm": "grad_clip_norm",
+    "steps": "duration",
+    "epochs": "duration",
+    "arch": "name",
+}
+
+
+def _suggest(key: str, valid: list[str]) -> list[str]:
+    section, _, name = key.rpartition(".")
+    alias = _ALIASES.get(name)
+    if alias:
+        same = [k for k in valid if k.endswith("." + alias) and (not section or k.startswith(section + "."))]
+        if same:
+            return same[:1]
+    return difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+
+
 def _resolve(cfg: Config, key: str) -> tuple[Any, str]:
     section, dot, name = key.partition(".")
     valid = all_keys(cfg)
     if not dot or key not in valid:
-        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+        close = _suggest(key, valid)
         hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
         raise ConfigError(f"unknown config key {key!r}{hint}")
     return getattr(cfg, section), name

@@ -16,15 +16,12 @@ import pathlib
 from typing import Any
 
 import jax
-from flax import nnx
 
-from vistas import checkpoint as ckpt_lib
 from vistas import config as config_lib
 from vistas.config import Config
 from vistas.data import catalog
-from vistas.errors import ConfigError, VistasError
+from vistas.errors import ConfigError
 from vistas.models import adapt
-from vistas.systems import mesh as mesh_lib
 
 HEAD = "head"
 DECAYS = ("cosine", "linear")
@@ -39,24 +36,8 @@ def restore_params(workdir: str | pathlib.Path, step: int | None = None
     """
     from vistas.train import loop
 
-    workdir = pathlib.Path(workdir)
-    cfg = loop.load_config(workdir)
-    _, _, num_classes = loop.build_sources(cfg, with_train=False)
-    model = loop.build_model(cfg, num_classes)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    params = jax.device_put(nnx.to_pure_dict(params), mesh_lib.replicated(mesh_lib.data_mesh()))
-    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", read_only=True)
-    try:
-        found = checkpointer.latest_step() if step is None else step
-        if found is None:
-            raise VistasError(f"{workdir / 'checkpoints'} holds no checkpoint")
-        if found not in checkpointer.all_steps():
-            raise VistasError(f"{workdir / 'checkpoints'} has no checkpoint {found}; "
-                              f"steps: {checkpointer.all_steps()}")
-        params = checkpointer.restore_params(found, params)
-    finally:
-        checkpointer.close()
-    return cfg, graphdef, rest, params, found
+    exp, params, found = loop.final_params(workdir, step=step)
+    return exp.cfg, exp.graphdef, exp.rest, params, found
 
 
 def init_params(cfg: Config, target_params: Any) -> Any:

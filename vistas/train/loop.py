@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from vistas import checkpoint as ckpt_lib
@@ -123,25 +124,30 @@ def build(cfg: Config, *, with_train: bool = True) -> Experiment:
     model = build_model(cfg, num_classes)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     params = nnx.to_pure_dict(params)
-    n_train = len(train_source) if train_source is not None else 1
-    steps_per_epoch = n_train / cfg.data.batch_size
-    total = schedules.parse_duration(
-        cfg.train.duration, name="train.duration", steps_per_epoch=steps_per_epoch,
-        batch_size=cfg.data.batch_size,
-    )
-    if total <= 0:
-        raise ConfigError(f"train.duration={cfg.train.duration!r} gives {total} steps; need at least 1")
+    if train_source is None:
+        # evaluation only: an epoch count cannot be turned into steps without the training
+        # split, and the schedule is never used, so a constant one stands in
+        total, steps_per_epoch = 1, float("nan")
+        schedule = optax.constant_schedule(0.0)
+    else:
+        steps_per_epoch = len(train_source) / cfg.data.batch_size
+        total = schedules.parse_duration(
+            cfg.train.duration, name="train.duration", steps_per_epoch=steps_per_epoch,
+            batch_size=cfg.data.batch_size,
+        )
+        if total <= 0:
+            raise ConfigError(f"train.duration={cfg.train.duration!r} gives {total} steps; need at least 1")
 
-    def dur(value: Any, name: str) -> int:
-        return schedules.parse_duration(value, name=name, steps_per_epoch=steps_per_epoch,
-                                        batch_size=cfg.data.batch_size, total_steps=total)
+        def dur(value: Any, name: str) -> int:
+            return schedules.parse_duration(value, name=name, steps_per_epoch=steps_per_epoch,
+                                            batch_size=cfg.data.batch_size, total_steps=total)
 
-    s = cfg.schedule
-    schedule = schedules.make_schedule(
-        total_steps=total, warmup_steps=dur(s.warmup, "schedule.warmup"), decay=s.decay,
-        timescale=max(1, dur(s.timescale, "schedule.timescale")),
-        cooldown_steps=dur(s.cooldown, "schedule.cooldown"), min_value=s.min_value,
-    )
+        s = cfg.schedule
+        schedule = schedules.make_schedule(
+            total_steps=total, warmup_steps=dur(s.warmup, "schedule.warmup"), decay=s.decay,
+            timescale=max(1, dur(s.timescale, "schedule.timescale")),
+            cooldown_steps=dur(s.cooldown, "schedule.cooldown"), min_value=s.min_value,
+        )
     tx = builder.from_config(params, cfg.optim, schedule)
     return Experiment(cfg, train_source, eval_sources, num_classes, model, graphdef, rest, params,
                       tx, schedule, total, steps_per_epoch)
@@ -421,19 +427,23 @@ def load_config(workdir: pathlib.Path) -> Config:
 
 
 def final_params(workdir: str | pathlib.Path, cfg: Config | None = None, step: int | None = None) -> tuple[Experiment, Any, int]:
-    """Rebuilds the experiment of ``workdir`` and restores the parameters of a checkpoint."""
+    """Rebuilds the experiment of ``workdir`` (without its training split) and restores the
+    parameters of a checkpoint. Only the parameters are read, so a checkpoint stays usable
+    when the optimizer, and so the shape of its state, has changed since it was written."""
     workdir = pathlib.Path(workdir)
     cfg = load_config(workdir) if cfg is None else cfg
-    exp = build(cfg)
+    exp = build(cfg, with_train=False)
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", read_only=True)
-    found = checkpointer.latest_step() if step is None else step
-    if found is None:
-        raise VistasError(f"{workdir / 'checkpoints'} holds no checkpoint to evaluate")
-    mesh = mesh_lib.data_mesh()
-    state = jax.device_put(step_lib.init_state(exp.params, exp.tx, cfg.train.seed), mesh_lib.replicated(mesh))
     with contextlib.closing(checkpointer):
-        state, _ = checkpointer.restore(found, state)
-    return exp, state["params"], found
+        found = checkpointer.latest_step() if step is None else step
+        if found is None:
+            raise VistasError(f"{workdir / 'checkpoints'} holds no checkpoint to evaluate")
+        if found not in checkpointer.all_steps():
+            raise VistasError(f"{workdir / 'checkpoints'} has no checkpoint {found}; "
+                              f"steps: {checkpointer.all_steps()}")
+        params = jax.device_put(exp.params, mesh_lib.replicated(mesh_lib.data_mesh()))
+        params = checkpointer.restore_params(found, params)
+    return exp, params, found
 
 
 def evaluate_workdir(workdir: str | pathlib.Path, *, splits: list[str] | None = None,
