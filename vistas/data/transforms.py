@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -164,6 +165,7 @@ class TrainTransform:
     flip: bool
     value_range: tuple[float, float]
     table: np.ndarray = dataclasses.field(repr=False, compare=False)
+    augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         s = self.image_size
@@ -184,6 +186,8 @@ class TrainTransform:
                 image = padded[dy:dy + s, dx:dx + s]
         if self.flip and rng.random() < 0.5:
             image = image[:, ::-1]
+        if self.augment is not None:  # RandAugment / AutoAugment on the uint8 crop
+            image = self.augment(image, rng)
         return _scale(image, self.table)
 
 
@@ -197,10 +201,12 @@ def make_train_transform(
     pad_mode: str = "constant",
     flip: bool = True,
     value_range: tuple[float, float] = (-1.0, 1.0),
+    augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
 ) -> TrainTransform:
     """Training augmentation: crop ("inception": random-resized crop; "random_pad": pad by `pad`
     pixels and crop back at random, the classic small-image augmentation; "none": resize only),
-    optional random left-right flip, then scaling of [0, 255] to `value_range`.
+    optional random left-right flip, `augment` (``vistas.data.randaugment``) on the uint8
+    crop, then scaling of [0, 255] to `value_range`.
     """
     _check_common(image_size, value_range)
     if crop not in TRAIN_CROPS:
@@ -219,7 +225,7 @@ def make_train_transform(
     return TrainTransform(
         image_size=int(image_size), crop=crop, inception_area=(a0, a1), aspect_range=(r0, r1),
         pad=int(pad), pad_mode=pad_mode, flip=bool(flip), value_range=value_range,
-        table=_scale_table(value_range),
+        table=_scale_table(value_range), augment=augment,
     )
 
 
