@@ -98,6 +98,19 @@ def _cmd_data(args: argparse.Namespace) -> int:
         path = catalog.fetch(args.name, data_dir=args.data_dir)
         print(f"{args.name}: present in {path}")
         return 0
+    if args.data_cmd in ("pack", "verify"):
+        from vistas.data import shards
+
+        if args.data_cmd == "verify":
+            counts = shards.verify(args.dst)
+        else:
+            manifest = shards.pack(args.src, args.dst, examples_per_shard=args.examples_per_shard,
+                                   workers=args.workers, log=print)
+            counts = {k: v["num_examples"] for k, v in manifest["splits"].items()}
+        print(f"{args.dst}: " + ", ".join(f"{k} {v:,} images" for k, v in counts.items())
+              + (" (checksums match)" if args.data_cmd == "verify" else "")
+              + f"; train on it with --set data.dataset=array_record data.path={args.dst}")
+        return 0
     rows = catalog.list_datasets(data_dir=args.data_dir)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
@@ -270,6 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
     df = dsub.add_parser("fetch", help="obtain a dataset (Debian package or official files)")
     df.add_argument("name")
     df.add_argument("--data-dir")
+    dp = dsub.add_parser("pack", help="pack an image folder into ArrayRecord shards (resumable)",
+                         description="Reads SRC/<split>/<class>/<image> (or SRC/<class>/<image>) and "
+                         "writes DST/<split>-*.array_record shards with a manifest of checksums; "
+                         "run it again to finish an interrupted pack.")
+    dp.add_argument("src")
+    dp.add_argument("dst")
+    dp.add_argument("--examples-per-shard", type=int, default=1000)
+    dp.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    dv = dsub.add_parser("verify", help="check packed shards against their manifest's checksums")
+    dv.add_argument("dst")
     d.set_defaults(fn=_cmd_data)
 
     om = sub.add_parser("optim-memory", help="optimizer state bytes per parameter (abstract)")

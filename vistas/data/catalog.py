@@ -209,11 +209,12 @@ def get_info(name: str) -> DatasetInfo:
     if name in CATALOG:
         return CATALOG[name]
     known = sorted(CATALOG)
-    close = difflib.get_close_matches(name, known + ["npz", "folder"], n=1)
+    formats = ["npz", "folder", "array_record", "parquet"]  # read from data.path
+    close = difflib.get_close_matches(name, known + formats, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise DataError(
         f"unknown dataset {name!r}; known datasets: {', '.join(known)} "
-        f"(or 'npz' / 'folder' with a path).{hint}"
+        f"(or {' / '.join(repr(f) for f in formats)} with a path).{hint}"
     )
 
 

@@ -482,6 +482,7 @@ def load_npz(path: str | os.PathLike, split: str) -> ArraySource:
     return _sliced(ArraySource(images, labels, num_classes), split)
 
 
+FILE_FORMATS = ("npz", "folder", "array_record", "parquet")  # datasets read from `path`
 _COMMON_SPLITS = ("train", "test", "val", "validation", "valid", "eval", "dev")
 
 
@@ -510,23 +511,37 @@ def load_source(
     data_dir: str | os.PathLike | None = None,
     path: str | os.PathLike | None = None,
     channels: int | None = None,
+    decode_size: int | None = None,
 ):
-    """A random-access source for dataset `name` ('fashion_mnist', 'npz' or 'folder') and `split`.
+    """A random-access source for dataset `name` and `split`: a catalog name, 'npz', 'folder',
+    'array_record' (shards written by `vistas data pack`) or 'parquet' (encoded images and
+    labels in Parquet files, e.g. an exported Hugging Face dataset).
 
     `split` may be sliced: 'train', 'train[:50000]', 'train[50000:]', 'test[:10%]'.
-    `path` is the .npz file or the image folder; for catalog datasets it acts as `data_dir`.
+    `path` is the .npz file, the image folder, the shards' or the Parquet files' folder; for
+    catalog datasets it acts as `data_dir`.
     `channels` (1 or 3) converts gray <-> RGB when it differs from the source's own.
+    `decode_size`: JPEGs in shards and Parquet files are decoded at the smallest DCT scale
+    whose sides stay >= this (resize-on-decode); None decodes them in full.
     """
     if channels not in (None, 1, 3):
         raise DataError(f"channels must be 1 or 3 (or unset), got {channels!r}")
     split_name, _, _ = parse_split(split)
-    if name in ("npz", "folder"):
+    if name in FILE_FORMATS:
         if path is None:
             raise DataError(f"dataset {name!r} needs a path (the {name} file or folder to read)")
         if not pathlib.Path(path).exists():
             raise DataError(f"{name} path {path} does not exist")
         if name == "folder":
             return load_folder(path, split, channels=channels or 3)
+        if name == "array_record":
+            from vistas.data import shards
+
+            return _sliced(shards.ArrayRecordSource(path, split_name, channels or 3, decode_size), split)
+        if name == "parquet":
+            from vistas.data import parquet
+
+            return _sliced(parquet.ParquetSource(path, split_name, channels or 3, decode_size), split)
         source = load_npz(path, split)
     else:
         info = catalog.get_info(name)

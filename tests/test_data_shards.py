@@ -1,0 +1,116 @@
+"""Image folders packed into ArrayRecord shards (vistas.data.shards) and read back."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vistas.data import shards, sources
+from vistas.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 7), ("test", 3)):
+        for c in ("cat", "dog", "eel"):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n if c != "eel" or split == "train" else 1):
+                a = rng.integers(0, 256, (rng.integers(9, 30), rng.integers(9, 30), 3), dtype=np.uint8)
+                fmt = "png" if i % 2 else "jpeg"
+                Image.fromarray(a).save(d / f"{i}.{fmt}")
+    return root
+
+
+def _same_as_folder(packed, folder, split):
+    original = sources.load_source("folder", split, path=folder)
+    source = sources.load_source("array_record", split, path=packed)
+    assert len(source) == len(original) and source.class_names == original.class_names
+    np.testing.assert_array_equal(source.labels, original.labels)
+    for i in range(len(original)):
+        a, b = source[i], original[i]
+        assert int(a["label"]) == int(b["label"])
+        np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def test_pack_round_trips_every_image_and_label(folder, tmp_path):
+    manifest = shards.pack(folder, tmp_path, examples_per_shard=4, workers=2)
+    assert manifest["splits"]["train"]["num_examples"] == 21
+    assert len(manifest["splits"]["train"]["shards"]) == 6
+    for split in ("train", "test"):
+        _same_as_folder(tmp_path, folder, split)
+    assert shards.verify(tmp_path) == {"test": 7, "train": 21}
+    # a rerun keeps every complete shard
+    logs = []
+    shards.pack(folder, tmp_path, examples_per_shard=4, workers=2, log=logs.append)
+    assert all("already packed" in line for line in logs)
+
+
+def test_resume_rewrites_only_missing_shards(folder, tmp_path):
+    shards.pack(folder, tmp_path, examples_per_shard=8, workers=1)
+    victim = next(tmp_path.glob("train-00001-*.array_record"))
+    victim.unlink()
+    logs = []
+    shards.pack(folder, tmp_path, examples_per_shard=8, workers=1, log=logs.append)
+    assert sum("already packed" not in line for line in logs) == 1
+    _same_as_folder(tmp_path, folder, "train")
+
+
+def test_corrupt_shard_and_image_are_clear_errors(folder, tmp_path):
+    packed = tmp_path / "packed"
+    shards.pack(folder, packed, examples_per_shard=8, workers=1)
+    shard = next(packed.glob("train-00000-*.array_record"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, different bytes
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="does not match its checksum"):
+        shards.verify(packed)
+    shard.write_bytes(bytes(data[:-10]))  # truncated
+    with pytest.raises(DataError, match=r"shard .*train-00000.* bytes, the manifest says"):
+        sources.load_source("array_record", "train", path=packed)
+    bad = tmp_path / "bad"
+    (bad / "a").mkdir(parents=True)
+    (bad / "b").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(bad / "a" / "ok.png")
+    (bad / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(DataError, match=r"cannot decode image .*broken\.jpg"):
+        shards.pack(bad, tmp_path / "out", workers=1)
+    with pytest.raises(DataError, match="holds no manifest.json"):
+        sources.load_source("array_record", "train", path=tmp_path / "bad")
+
+
+def test_draft_decode_keeps_at_least_the_asked_size(tmp_path):
+    a = np.random.default_rng(1).integers(0, 256, (400, 300, 3), dtype=np.uint8)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(a).save(path, quality=95)
+    data = path.read_bytes()
+    full = shards.decode_bytes(data, 3, "big.jpg")
+    small = shards.decode_bytes(data, 3, "big.jpg", draft_size=64)
+    assert full.shape == (400, 300, 3)
+    assert small.shape == (100, 75, 3)  # 1/4 scale: the smallest with both sides >= 64
+
+
+def test_parquet_source_reads_a_hugging_face_export(folder, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    original = sources.load_source("folder", "train", path=folder)
+    images = [{"bytes": pathlib.Path(p).read_bytes(), "path": pathlib.Path(p).name} for p in original.paths]
+    table = pa.table({"image": images, "label": original.labels.astype(np.int64)})
+    meta = {"info": {"features": {"image": {"_type": "Image"},
+                                  "label": {"_type": "ClassLabel", "names": list(original.class_names)}}}}
+    table = table.replace_schema_metadata({"huggingface": json.dumps(meta)})
+    (tmp_path / "data").mkdir()
+    pq.write_table(table.slice(0, 12), tmp_path / "data" / "train-00000-of-00002.parquet", row_group_size=5)
+    pq.write_table(table.slice(12), tmp_path / "data" / "train-00001-of-00002.parquet", row_group_size=5)
+    source = sources.load_source("parquet", "train", path=tmp_path)
+    assert len(source) == len(original) and source.class_names == original.class_names
+    for i in (0, 4, 5, 11, 12, 20, 3):
+        np.testing.assert_array_equal(source[i]["image"], original[i]["image"])
+        assert source[i]["label"] == original[i]["label"]
+    with pytest.raises(DataError, match="no Parquet files for split 'test'"):
+        sources.load_source("parquet", "test", path=tmp_path)
