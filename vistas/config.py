@@ -150,6 +150,10 @@ class TrainConfig:
     progress: bool = True
     init_from: str | None = None  # upstream run (workdir) whose parameters start this one (transfer)
     branched_from: str | None = None  # "SRC_WORKDIR@STEP": a cooldown branch (vistas cooldown)
+    # a step with a NaN/inf loss, gradient or parameter: "stop" the run (the last checkpoint is
+    # kept), or "skip" it (parameters and optimizer state unchanged) up to max_skipped times
+    nonfinite: str = "stop"
+    max_skipped: int = 10
 
 
 @dataclasses.dataclass
@@ -197,7 +201,7 @@ class Config:
 # Keys that may change between a run and its resumption without changing the run.
 NON_IDENTITY_KEYS = {
     "train.log_every", "train.eval_every", "train.ckpt_every", "train.keep",
-    "train.keep_every", "train.progress", "data.eval_batch_size", "data.eval_splits",
+    "train.keep_every", "train.progress", "train.max_skipped", "data.eval_batch_size", "data.eval_splits",
     "data.data_dir", "data.calibration_split",
     *(f"fewshot.{f.name}" for f in dataclasses.fields(FewShotConfig)),
 }
@@ -372,6 +376,8 @@ def validate(cfg: Config) -> None:
     losses = ("softmax_xent", "sigmoid_xent")
     _check(t.loss in losses, f"train.loss={t.loss!r} is not known; use one of {', '.join(losses)}")
     _check(t.keep >= 1, f"train.keep={t.keep} must be at least 1")
+    _check(t.nonfinite in ("stop", "skip"), f"train.nonfinite={t.nonfinite!r} is not known; use stop or skip")
+    _check(t.max_skipped >= 0, f"train.max_skipped={t.max_skipped} must be >= 0")
     _check(t.keep_every is None or t.keep_every > 0, f"train.keep_every={t.keep_every} must be positive")
     _check(o.lr > 0, f"optim.lr={o.lr} must be positive")
     f = cfg.fewshot

@@ -50,15 +50,32 @@ def _diverged(what: str, last_saved: int | None, ckpt_dir: pathlib.Path) -> str:
     return f"{what}; stopped without saving; {kept}; lower optim.lr or check the data"
 
 
-@jax.jit
-def _finite_leaves(leaves: list) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+_all_finite_jit = jax.jit(step_lib.all_finite)
 
 
 def _all_finite(tree: Any) -> bool:
     """Whether every floating-point leaf of ``tree`` is finite (checked before each save)."""
-    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return not leaves or bool(_finite_leaves(leaves))
+    return bool(_all_finite_jit(tree))
+
+
+def _nonfinite_step(t: Any, metrics: dict, step: int, last_saved: int | None,
+                    ckpt_dir: pathlib.Path, progress: Any, quiet: bool) -> None:
+    """A step whose loss, gradients or updated parameters were NaN or infinite: stop
+    (``train.nonfinite=stop``), or, when it was skipped, report it and stop once more than
+    ``train.max_skipped`` steps have been skipped."""
+    loss = float(metrics["train/loss"])
+    what = (f"loss is {loss}" if not math.isfinite(loss)
+            else f"gradients or updated parameters are non-finite (loss {loss:.4g})")
+    if t.nonfinite == "stop":
+        raise TrainingDiverged(_diverged(f"{what} at step {step}", last_saved, ckpt_dir))
+    skipped = int(metrics["train/skipped"])
+    if skipped > t.max_skipped:
+        raise TrainingDiverged(_diverged(
+            f"{skipped} non-finite steps skipped, more than train.max_skipped={t.max_skipped} "
+            f"({what} at step {step})", last_saved, ckpt_dir))
+    if not quiet:
+        progress.print(f"step {step}: {what}; step skipped ({skipped} so far, "
+                       f"train.max_skipped={t.max_skipped})")
 
 
 @dataclasses.dataclass
@@ -311,7 +328,10 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
         from vistas.train import finetune
 
         params = finetune.init_params(cfg, exp.params)
-    state = jax.device_put(step_lib.init_state(params, exp.tx, t.seed), repl)
+    state = step_lib.init_state(params, exp.tx, t.seed)
+    if t.nonfinite == "skip":
+        state["skipped"] = jnp.zeros((), jnp.int32)
+    state = jax.device_put(state, repl)
     if latest is not None:
         state, data_state = checkpointer.restore(latest, state)
         data_it.set_state(data_state)
@@ -321,7 +341,7 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
     train_step = jax.jit(
         step_lib.make_train_step(
             exp.graphdef, exp.rest, exp.tx, loss_fn, exp.lr_at,
-            use_rng=registry.needs_rng(exp.model), sam_rho=cfg.optim.sam_rho,
+            use_rng=registry.needs_rng(exp.model), sam_rho=cfg.optim.sam_rho, nonfinite=t.nonfinite,
             trainable=jax.tree.map(lambda label: label == builder.TRAIN,
                                    builder.frozen_labels(exp.params, cfg.optim.frozen))),
         out_shardings=(repl, None),
@@ -357,8 +377,8 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
                 data_state = data_it.get_state()
                 batch = next(data_it) if step + 1 < exp.total_steps else None
                 loss = float(metrics["train/loss"])
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(_diverged(f"loss is {loss} at step {step + 1}", last_saved, ckpt_dir))
+                if not float(metrics["train/finite"]):
+                    _nonfinite_step(t, metrics, step + 1, last_saved, ckpt_dir, progress, quiet)
                 step += 1
                 if step % log_every == 0 or step == exp.total_steps:
                     now = time.perf_counter()

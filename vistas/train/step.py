@@ -32,8 +32,13 @@ def init_state(params: Any, tx: optax.GradientTransformation, seed: int) -> Stat
 
 def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransformation,
                     loss_fn: Callable, lr_fn: Callable, *, use_rng: bool, sam_rho: float = 0.0,
-                    trainable: Any = None) -> Callable:
+                    trainable: Any = None, nonfinite: str = "stop") -> Callable:
     """``step(state, batch) -> (state, metrics)``; metrics are scalars.
+
+    ``train/finite`` is 1 when the loss, the gradients and the updated parameters are all
+    finite. ``nonfinite="skip"``: a step where they are not keeps the previous parameters and
+    optimizer state (the step counter and data still advance) and adds one to
+    ``state["skipped"]``, logged as ``train/skipped``; with ``"stop"`` the loop stops.
 
     ``sam_rho > 0``: the optimizer gets the SAM gradient (``vistas.optim.sam``), taken at the
     parameters perturbed by ρ·g/‖g‖ (``trainable``, a pytree of bools like the parameters,
@@ -54,17 +59,32 @@ def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransfo
         (loss, logits), grads = grad_fn(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
+        finite = all_finite((loss, grads, params))
+        new_state = {**state, "step": state["step"] + 1}
+        if nonfinite == "skip":
+            params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                             (params, opt_state), (state["params"], state["opt_state"]))
+            new_state["skipped"] = state["skipped"] + (~finite).astype(jnp.int32)
         metrics = {
             "train/loss": loss,
             ("train/prec@1" if batch["label"].ndim == 2 else "train/top1"):
                 jnp.mean(correct_at_1(logits, batch["label"])),
             "train/grad_norm": optax.tree.norm(grads),
             "train/lr": lr_fn(state["step"]),
+            "train/finite": finite.astype(jnp.float32),
         }
-        new_state = {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}
+        if "skipped" in new_state:
+            metrics["train/skipped"] = new_state["skipped"]
+        new_state.update(params=params, opt_state=opt_state)
         return new_state, metrics
 
     return step
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """A scalar bool: every floating-point leaf of ``tree`` is free of NaN and infinity."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.array(True)
 
 
 def correct_at_1(logits: jax.Array, labels: jax.Array) -> jax.Array:
