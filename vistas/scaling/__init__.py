@@ -1,0 +1,3 @@
+"""Scaling-law studies: sweep specs and runs (``spec``, ``sweep``), the results table with
+compute accounting (``results``), Pareto frontiers and saturating power-law fits (``fit``),
+and their figures (``plots``)."""

@@ -1,0 +1,39 @@
+"""Scaling study on Fashion-MNIST: 4 ViT sizes x 3 training-set sizes x 3 step budgets.
+
+Models (patch 7, 16 tokens of a 28x28 image, GAP head): width/depth/MLP/heads
+32/1/128/2, 64/2/256/2, 96/3/384/3 and 160/4/640/4 (11k to 1.3M parameters).
+Training sets: seeded subsets of 1,000 and 5,000 images and the full 60,000.
+Budgets: 250, 500 and 1,000 steps of batch 64 (16k to 64k examples seen). Adam lr 2e-3,
+50 warmup steps, rsqrt decay (timescale 100 steps); every budget is a linear cooldown
+over its last 20% branched from one rsqrt run per (model, data size) pair (36 members
+from 12 source runs). Held-out error: the 10,000 Fashion-MNIST test images; few-shot:
+10-shot linear error on the MNIST subset (mnist_5k).
+
+Command: ``vistas sweep run fashion_mnist_scaling --out runs/scaling``, then
+``vistas fit runs/scaling/results.csv --plot docs/scaling_compute.png``.
+Runtime and result: docs/scaling.md.
+"""
+
+
+def _vit(width: int, depth: int, mlp: int, heads: int) -> dict:
+    return {"name": f"w{width}d{depth}",
+            "set": [f"model.width={width}", f"model.depth={depth}", f"model.mlp_dim={mlp}",
+                    f"model.num_heads={heads}"]}
+
+
+def spec() -> dict:
+    return {
+        "name": "fashion_mnist_scaling",
+        "preset": "fashion_mnist_vit",
+        "set": [
+            "model.name='vit-S/7'", "data.batch_size=64", "data.eval_batch_size=1000",
+            "schedule.warmup=50", "schedule.timescale=100", "train.log_every=50",
+            "train.eval_every=100000", "train.ckpt_every=200", "train.progress=False",
+            "fewshot.datasets=['mnist_5k']", "fewshot.shots=[10]", "fewshot.seeds=2",
+            "fewshot.every=100000",
+        ],
+        "models": [_vit(32, 1, 128, 2), _vit(64, 2, 256, 2), _vit(96, 3, 384, 3), _vit(160, 4, 640, 4)],
+        "data_sizes": [1000, 5000, "full"],
+        "budgets": [250, 500, 1000],
+        "cooldown": 0.2,
+    }
