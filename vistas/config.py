@@ -174,6 +174,23 @@ class FewShotConfig:
 
 
 @dataclasses.dataclass
+class MeshConfig:
+    """The device mesh of training and where parameters live (``vistas.systems.sharding``).
+
+    ``data`` x ``fsdp`` x ``model`` devices (one may be -1: the devices left over); batches
+    are split over ``data`` and ``fsdp``. ``rules``: ``(regex on the parameter path,
+    placement)``, first match wins; a placement is ``'replicate'``, ``'fsdp'`` or a tuple of
+    axis names / None for the trailing dimensions; None: the default ViT tensor-parallel
+    layout and FSDP for the rest (which, with fsdp=model=1, is plain data parallelism).
+    """
+
+    data: int = -1
+    fsdp: int = 1
+    model: int = 1
+    rules: list[tuple[str, Any]] | None = None
+
+
+@dataclasses.dataclass
 class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -181,6 +198,7 @@ class Config:
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     fewshot: FewShotConfig = dataclasses.field(default_factory=FewShotConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -204,6 +222,8 @@ NON_IDENTITY_KEYS = {
     "train.keep_every", "train.progress", "train.max_skipped", "data.eval_batch_size", "data.eval_splits",
     "data.data_dir", "data.calibration_split",
     *(f"fewshot.{f.name}" for f in dataclasses.fields(FewShotConfig)),
+    # a run may resume on another mesh or placement: the same computation, laid out differently
+    *(f"mesh.{f.name}" for f in dataclasses.fields(MeshConfig)),
 }
 
 

@@ -1,8 +1,10 @@
-"""Device mesh and shardings for data-parallel training.
+"""Device meshes and batch shardings.
 
-One mesh axis, ``data``, over every device of every process. Parameters and optimizer
-state are replicated; batches are split along their first dimension. Each process feeds
-its own slice of the global batch (``jax.make_array_from_process_local_data``).
+``data_mesh()``: one axis, ``data``, over every device of every process (evaluation and
+the data-parallel default). Training meshes with ``data``, ``fsdp`` and ``model`` axes and
+the placement of parameters come from ``vistas.systems.sharding``. Batches are split along
+their first dimension over the ``data`` and ``fsdp`` axes (replicated over ``model``); each
+process feeds its own slice of the global batch (``jax.make_array_from_process_local_data``).
 """
 
 from __future__ import annotations
@@ -25,17 +27,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+BATCH_AXES = (DATA_AXIS, "fsdp")
+
+
+def batch_shards(mesh: Mesh) -> int:
+    """Into how many parts a batch is split (the sizes of the mesh's batch axes)."""
+    return int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.axis_names]))
+
+
 def batch_sharded(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    return NamedSharding(mesh, PartitionSpec(tuple(a for a in BATCH_AXES if a in mesh.axis_names)))
 
 
 def check_batch_size(global_batch: int, mesh: Mesh, what: str = "data.batch_size") -> None:
     from vistas.errors import ConfigError
 
-    n = mesh.devices.size
+    n = batch_shards(mesh)
     if global_batch % n:
         raise ConfigError(
-            f"{what}={global_batch} is not divisible by the {n} devices of the mesh; "
+            f"{what}={global_batch} is not divisible by the {n} devices that split the batch; "
             f"use a multiple of {n}"
         )
 

@@ -35,6 +35,7 @@ from vistas.evaluate import calibration
 from vistas.models import registry
 from vistas.optim import builder, schedules
 from vistas.systems import mesh as mesh_lib
+from vistas.systems import sharding
 from vistas.train import losses
 from vistas.train import step as step_lib
 from vistas.train.metrics import MetricsWriter, plot_curves
@@ -294,7 +295,7 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
     workdir = pathlib.Path(workdir)
     is_main = jax.process_index() == 0
     ckpt_dir = workdir / "checkpoints"
-    mesh = mesh_lib.data_mesh()
+    mesh = sharding.mesh_from_config(cfg.mesh)
     mesh_lib.check_batch_size(cfg.data.batch_size, mesh)
     mesh_lib.check_batch_size(cfg.data.eval_batch_size, mesh, "data.eval_batch_size")  # not after training
 
@@ -322,7 +323,6 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
         exp.train_source, global_batch_size=d.batch_size, seed=t.seed, transform=train_transform,
         process_index=jax.process_index(), process_count=jax.process_count())
 
-    repl = mesh_lib.replicated(mesh)
     params = exp.params
     if latest is None and t.init_from:  # transfer: start from an upstream run's parameters
         from vistas.train import finetune
@@ -331,7 +331,8 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
     state = step_lib.init_state(params, exp.tx, t.seed)
     if t.nonfinite == "skip":
         state["skipped"] = jnp.zeros((), jnp.int32)
-    state = jax.device_put(state, repl)
+    placement = sharding.state_shardings(state, state["params"], mesh, cfg.mesh.rules)
+    state = jax.device_put(state, placement)
     if latest is not None:
         state, data_state = checkpointer.restore(latest, state)
         data_it.set_state(data_state)
@@ -344,7 +345,7 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
             use_rng=registry.needs_rng(exp.model), sam_rho=cfg.optim.sam_rho, nonfinite=t.nonfinite,
             trainable=jax.tree.map(lambda label: label == builder.TRAIN,
                                    builder.frozen_labels(exp.params, cfg.optim.frozen))),
-        out_shardings=(repl, None),
+        out_shardings=(placement, None),
         donate_argnums=(0,) if jax.default_backend() != "cpu" else (),
     )
     eval_step = jax.jit(step_lib.make_eval_step(exp.graphdef, exp.rest, loss_fn))

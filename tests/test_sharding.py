@@ -1,0 +1,186 @@
+"""Sharding rules, state placement and sharded training equivalence (8 simulated devices)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import requires_fashion_mnist
+from flax import nnx
+from jax.sharding import AbstractMesh
+from jax.sharding import PartitionSpec as P
+
+from vistas.errors import ConfigError
+from vistas.models import create
+from vistas.optim import adafactor
+from vistas.systems import sharding
+
+MESH_42 = AbstractMesh((1, 4, 2), sharding.AXES)  # fsdp=4, model=2
+
+
+def vit_params(**kw):
+    model = create("vit-mu/7", num_classes=10, image_size=28, channels=1, width=64, depth=2,
+                   mlp_dim=128, num_heads=4, **kw)
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def specs_by_path(params, mesh, rules=None):
+    return {path: spec for path, _, spec in sharding.describe(params, mesh, rules)}
+
+
+def test_default_rules_give_the_tensor_parallel_layout_and_fsdp_elsewhere():
+    s = specs_by_path(vit_params(), MESH_42)
+    b = "encoder/block00/"
+    assert s[b + "attn/query/kernel"] == str(P("fsdp", "model", None))  # [D=64, H=4, Dh=16]
+    assert s[b + "attn/value/bias"] == str(P("model", None))
+    assert s[b + "attn/out/kernel"] == str(P("model", None, "fsdp"))
+    assert s[b + "mlp/fc1/kernel"] == str(P("fsdp", "model"))
+    assert s[b + "mlp/fc2/kernel"] == str(P("model", "fsdp"))
+    assert s[b + "mlp/fc1/bias"] == str(P("model"))
+    # FSDP: the largest dimension the axis divides; nothing when none does
+    assert s["head/kernel"] == str(P("fsdp", None))  # [64, 10]
+    assert s["head/bias"] == str(P())  # [10]
+    assert s["pos_embedding"] == str(P(None, None, "fsdp"))  # [1, 16, 64]: the largest, 64
+    assert s[b + "norm1/scale"] == str(P("fsdp"))
+
+
+def test_placements_name_trailing_dimensions_so_scanned_layers_stay_whole():
+    s = specs_by_path(vit_params(scan=True), MESH_42)
+    assert s["encoder/blocks/attn/query/kernel"] == str(P(None, "fsdp", "model", None))
+    assert s["encoder/blocks/mlp/fc2/kernel"] == str(P(None, "model", "fsdp"))
+
+
+def test_axes_of_size_one_and_indivisible_dimensions_split_nothing():
+    dp = AbstractMesh((8, 1, 1), sharding.AXES)
+    assert set(specs_by_path(vit_params(), dp).values()) == {str(P())}
+    three = AbstractMesh((1, 1, 3), sharding.AXES)  # 3 divides neither 4 heads nor 128 hidden
+    assert specs_by_path(vit_params(), three)["encoder/block00/mlp/fc1/kernel"] == str(P())
+
+
+def test_user_rules_first_match_wins():
+    rules = [(".*head/.*", "replicate"), (".*fc1/kernel", (None, "fsdp")), (".*", "fsdp")]
+    s = specs_by_path(vit_params(), MESH_42, rules)
+    assert s["head/kernel"] == str(P())
+    assert s["encoder/block01/mlp/fc1/kernel"] == str(P(None, "fsdp"))
+    assert s["encoder/block01/attn/query/kernel"] == str(P("fsdp", None, None))
+
+
+@pytest.mark.parametrize("rules, message", [
+    ([(".*", "shard")], "placement 'shard' is unknown"),
+    ([(".*", ("fsdp", "tensor"))], "placement ('fsdp', 'tensor') is invalid"),
+    ([(".*", ("model", "model"))], "uses a mesh axis twice"),
+    ([(".*head/bias", (None, "fsdp"))], "names 2 dimensions but the array has shape (10,)"),
+    ([("[", "fsdp")], "regex '[' is invalid"),
+])
+def test_bad_rules_are_one_line_errors(rules, message):
+    with pytest.raises(ConfigError) as e:
+        sharding.param_specs(vit_params(), MESH_42, rules)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_optimizer_state_follows_its_parameter():
+    params = vit_params()
+    tx = optax.adam(1e-3)
+    state = {"params": params, "opt_state": tx.init(params), "ema_params": params,
+             "step": jnp.zeros((), jnp.int32)}
+    specs = sharding.state_specs(state, params, MESH_42)
+    pspecs = sharding.param_specs(params, MESH_42)
+    is_spec = lambda x: isinstance(x, P)  # noqa: E731
+    assert jax.tree.leaves(specs["opt_state"][0].mu, is_leaf=is_spec) == jax.tree.leaves(pspecs, is_leaf=is_spec)
+    assert jax.tree.leaves(specs["ema_params"], is_leaf=is_spec) == jax.tree.leaves(pspecs, is_leaf=is_spec)
+    assert specs["step"] == P() and specs["opt_state"][0].count == P()
+    # factored second moments have other shapes: placed by FSDP on their own shape
+    big = {"w": jnp.zeros((64, 128))}
+    fstate = adafactor.scale_by_adafactor_bv().init(big)
+    fspecs = jax.tree.leaves(sharding.state_specs(fstate, big, MESH_42), is_leaf=is_spec)
+    shapes = [np.shape(x) for x in jax.tree.leaves(fstate)]
+    factored = [spec for shape, spec in zip(shapes, fspecs, strict=True) if shape in ((64,), (128,))]
+    assert factored == [P("fsdp"), P("fsdp")]
+
+
+def test_bytes_per_device_divide_by_the_shards():
+    params = vit_params()
+    full = sharding.bytes_per_device(params, sharding.param_specs(params, AbstractMesh((8, 1, 1), sharding.AXES)),
+                                     AbstractMesh((8, 1, 1), sharding.AXES))
+    assert full == sum(x.nbytes for x in jax.tree.leaves(params))
+    split = sharding.bytes_per_device(params, sharding.param_specs(params, MESH_42), MESH_42)
+    assert full / 8 <= split < full / 3
+
+
+@pytest.mark.parametrize("sizes, n, message", [
+    ((-1, -1, 1), 8, "at most one may be -1"),
+    ((2, 2, 1), 8, "use 4 devices but there are 8"),
+    ((-1, 3, 1), 8, "8 devices are not divisible by 3"),
+    ((0, 1, 1), 8, "mesh.data=0 is invalid"),
+])
+def test_bad_mesh_sizes(sizes, n, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        sharding.mesh_shape(*sizes, num_devices=n)
+
+
+def test_mesh_shape_fills_the_free_axis():
+    assert sharding.mesh_shape(-1, 2, 2, num_devices=8) == {"data": 2, "fsdp": 2, "model": 2}
+    assert sharding.mesh_shape(num_devices=8) == {"data": 8, "fsdp": 1, "model": 1}
+
+
+MESHES_SNIPPET = r"""
+import json, pathlib, sys
+import jax
+from vistas import config, presets
+from vistas.systems import sharding
+from vistas.train import loop
+
+workdir = pathlib.Path(sys.argv[1])
+out = {}
+for name, sets in {
+    "data": ["mesh.data=8"],
+    "fsdp": ["mesh.data=1", "mesh.fsdp=8"],
+    "model": ["mesh.data=2", "mesh.model=4"],
+    "2d": ["mesh.data=2", "mesh.fsdp=2", "mesh.model=2"],
+}.items():
+    cfg = config.apply_overrides(presets.get("smoke"), [
+        "train.duration=6", "schedule.warmup=2", "train.log_every=1", "train.eval_every=6",
+        "train.ckpt_every=6", "model.num_heads=4", "data.eval_splits=['test[:200]']", "data.eval_batch_size=200",
+        *sets])
+    summary = loop.train(cfg, workdir / name, quiet=True)
+    mesh = sharding.mesh_from_config(cfg.mesh)
+    exp = loop.build(cfg, with_train=False)
+    specs = sharding.param_specs(exp.params, mesh)
+    rows = [json.loads(line) for line in open(workdir / name / "metrics.jsonl")]
+    out[name] = {
+        "losses": [r["train/loss"] for r in rows if "train/loss" in r],
+        "top1": summary["eval/test[:200]/top1"],
+        "param_bytes_per_device": sharding.bytes_per_device(exp.params, specs, mesh),
+        "resumed_step": loop.final_params(workdir / name)[2],
+    }
+print(json.dumps(out))
+"""
+
+
+@requires_fashion_mnist
+@pytest.mark.slow
+def test_data_fsdp_tensor_and_2d_parallel_training_give_the_same_losses(tmp_path):
+    script = tmp_path / "meshes.py"
+    script.write_text(MESHES_SNIPPET)
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=550)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    ref = r["data"]
+    assert len(ref["losses"]) == 6 and ref["losses"][-1] < ref["losses"][0]
+    for name in ("fsdp", "model", "2d"):
+        np.testing.assert_allclose(r[name]["losses"], ref["losses"], rtol=2e-4, err_msg=name)
+        assert r[name]["top1"] == pytest.approx(ref["top1"], abs=0.011), name
+        assert r[name]["resumed_step"] == 6
+    # the placement really splits the parameters
+    whole = ref["param_bytes_per_device"]
+    assert r["fsdp"]["param_bytes_per_device"] < whole / 4
+    assert r["model"]["param_bytes_per_device"] < whole * 0.8
+    assert r["2d"]["param_bytes_per_device"] < whole / 2
