@@ -9,7 +9,9 @@ never leaves something that is taken for a checkpoint; the previous one stays lo
 
 from __future__ import annotations
 
+import os
 import pathlib
+import re
 import shutil
 from typing import Any
 
@@ -17,6 +19,20 @@ import jax
 import orbax.checkpoint as ocp
 
 from vistas.errors import VistasError
+
+# What a failed write raises: OSError from Python, ValueError/RuntimeError carrying the
+# operating system's error code from TensorStore (e.g. 28: no space left, 27: file too large).
+WRITE_ERRORS = (OSError, ValueError, RuntimeError)
+
+
+def write_failure(e: BaseException) -> str:
+    """The short reason of a failed write: the OS error's text when there is one."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    m = re.search(r"os_error_code='?(\d+)", str(e))
+    if m:
+        return os.strerror(int(m.group(1)))
+    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
 
 
 class Checkpointer:
@@ -35,6 +51,7 @@ class Checkpointer:
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options,
                                               item_names=("state", "data"))
+        self._writing: int | None = None  # the step of an asynchronous write not yet confirmed
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -47,13 +64,18 @@ class Checkpointer:
             state=ocp.args.StandardSave(state),
             data=ocp.args.JsonSave(data_state or {}),
         )
+        self.wait()  # the previous write's failure is reported as its own
         try:
             self._manager.save(step, args=args, force=True)
-        except OSError as e:
-            raise VistasError(
-                f"could not write checkpoint {step} in {self.directory}: {e.strerror or e}; "
-                f"the previous checkpoint is kept"
-            ) from e
+        except WRITE_ERRORS as e:
+            raise self._failed(step, e) from e
+        self._writing = step
+
+    def _failed(self, step: int | None, e: BaseException) -> VistasError:
+        kept = self._manager.latest_step()
+        kept_text = f"checkpoint {kept} is kept" if kept is not None and kept != step else "no checkpoint is kept"
+        return VistasError(f"could not write checkpoint {step} in {self.directory}: "
+                           f"{write_failure(e)}; {kept_text} (free space, then resume)")
 
     def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict]:
         """Restores ``step`` (the latest if None) into the shapes/shardings of ``abstract_state``."""
@@ -85,13 +107,11 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until pending asynchronous writes are complete and committed."""
+        step, self._writing = self._writing, None
         try:
             self._manager.wait_until_finished()
-        except OSError as e:
-            raise VistasError(
-                f"could not finish writing a checkpoint in {self.directory}: {e.strerror or e}; "
-                f"the previous checkpoint is kept"
-            ) from e
+        except WRITE_ERRORS as e:
+            raise self._failed(step, e) from e
 
     def close(self) -> None:
         self.wait()

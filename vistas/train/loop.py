@@ -38,7 +38,7 @@ from vistas.systems import mesh as mesh_lib
 from vistas.systems import sharding
 from vistas.train import losses
 from vistas.train import step as step_lib
-from vistas.train.metrics import MetricsWriter, plot_curves
+from vistas.train.metrics import MetricsWriter, plot_curves, write_file
 
 
 class TrainingDiverged(VistasError):
@@ -311,9 +311,7 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
         _check_same_run(workdir, cfg)
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
-        tmp = workdir / "config.json.tmp"
-        tmp.write_text(cfg.to_json())
-        tmp.replace(workdir / "config.json")
+        write_file(workdir / "config.json", cfg.to_json())
 
     d = cfg.data
     train_transform = transforms.make_train_transform(
@@ -435,7 +433,7 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
         "curves": str(curves) if curves else None, **eval_results,
     }
     if is_main:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_file(workdir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

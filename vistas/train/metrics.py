@@ -7,6 +7,8 @@ import math
 import pathlib
 from typing import Any
 
+from vistas.errors import VistasError
+
 
 def _plain(v: Any) -> Any:
     try:
@@ -14,6 +16,17 @@ def _plain(v: Any) -> Any:
     except (TypeError, ValueError):
         return v
     return f if math.isfinite(f) else None
+
+
+def write_file(path: pathlib.Path, text: str) -> None:
+    """Writes ``path`` whole or not at all (a temporary file renamed); a failed write (a
+    full disk) is one clear line."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as e:
+        raise VistasError(f"could not write {path}: {e.strerror or e}; free space, then resume") from e
 
 
 class MetricsWriter:
@@ -44,8 +57,12 @@ class MetricsWriter:
         if not self.enabled:
             return
         row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:  # a row cut short is dropped when the run resumes
+            raise VistasError(f"could not write metrics of step {step} to {self.path}: "
+                              f"{e.strerror or e}; free space, then resume") from e
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, float):
