@@ -114,3 +114,48 @@ def test_parquet_source_reads_a_hugging_face_export(folder, tmp_path):
         assert source[i]["label"] == original[i]["label"]
     with pytest.raises(DataError, match="no Parquet files for split 'test'"):
         sources.load_source("parquet", "test", path=tmp_path)
+
+
+def test_worker_processes_give_the_same_batches_and_resume(folder, tmp_path):
+    from vistas.data import pipeline, randaugment, transforms
+
+    shards.pack(folder, tmp_path, examples_per_shard=8, workers=1)
+    source = sources.load_source("array_record", "train", path=tmp_path, decode_size=16)
+    transform = transforms.make_train_transform(image_size=16, augment=randaugment.RandAugment(2, 9.0))
+
+    def batches(workers, start=0, n=3):
+        it = pipeline.train_iterator(source, global_batch_size=4, seed=1, transform=transform,
+                                     workers=workers)
+        if start:
+            it.set_state({**it.get_state(), "step": start})
+        try:
+            return [next(it) for _ in range(n)]
+        finally:
+            it.close()
+
+    local = batches(0)
+    parallel = batches(2, start=1, n=2)  # resumed at step 1 in two worker processes
+    for a, b in zip(local[1:], parallel, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_weighted_mixture_draws_by_weight_and_trains(folder, tmp_path):
+    shards.pack(folder, tmp_path, examples_per_shard=8, workers=1)
+    entries = [(f"array_record:{tmp_path}", "train", 3.0), (f"folder:{folder}", "test", 1.0)]
+    mix = sources.load_mixture(entries, seed=0)
+    again = sources.load_mixture(entries, seed=0)
+    assert len(mix) == 28 and mix.num_classes == 3
+    np.testing.assert_array_equal(mix.which, again.which)
+    big = sources.MixtureSource(mix.parts, [3.0, 1.0], seed=1, length=4000)
+    assert abs(np.mean(big.which == 0) - 0.75) < 0.03
+    # the folder split is used 4x over: every one of its 7 images appears, cycling
+    counts = np.bincount(big.index[big.which == 1], minlength=7)
+    assert counts.min() >= counts.max() - 1
+    for i in (0, 5, 17):
+        assert int(mix[i]["label"]) == int(mix.labels[i])
+    with pytest.raises(DataError, match="needs a path"):
+        sources.load_mixture([("folder", "train", 1.0)], seed=0)
+    with pytest.raises(DataError, match="share one label space"):
+        sources.MixtureSource([mix.parts[0], sources.ArraySource(np.zeros((2, 4, 4), np.uint8),
+                                                                 np.array([0, 1]))], [1, 1])

@@ -38,7 +38,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     status = "finished" if summary["finished"] else f"stopped at step {summary['step']}"
     print(f"\n{status}: step {summary['step']}/{summary['total_steps']}")
     for key, value in summary.items():
-        if key.startswith("eval/"):
+        if key.startswith(("eval/", "ema/eval/")):
             print(f"  {key:<28} {value:.4f}")
     print(f"  metrics      {summary['workdir']}/metrics.jsonl (TensorBoard: {summary['workdir']}/tensorboard)")
     if summary["curves"]:

@@ -42,6 +42,24 @@ class DataConfig:
     eval_crop_fraction: float = 1.0
     # held-out split on which evaluation fits a softmax temperature (ECE after scaling)
     calibration_split: str | None = None
+    # augmentation beyond crop and flip (docs/recipes.md): RandAugment or AutoAugment on each
+    # image in the pipeline, mixup / CutMix on the device batch (one of them per batch if both)
+    randaug_ops: int = 0  # N ops per image; 0: off
+    randaug_magnitude: float = 10.0  # M, on RandAugment's 0..10 scale (up to 30)
+    autoaugment: bool = False  # AutoAugment's ImageNet policy instead
+    mixup_alpha: float = 0.0  # λ ~ Beta(α, α) per batch; 0: off
+    cutmix_alpha: float = 0.0
+    # big_vision's ViT levels by name ("light1".."strong2"): RandAugment(2, M) and mixup α
+    aug_level: str | None = None
+    # input pipeline at scale: worker processes (0: threads of the training process), batches
+    # prepared ahead, JPEG resize-on-decode for shards / Parquet (None: decode in full)
+    workers: int = 0
+    prefetch: int = 2
+    decode_size: int | None = None
+    # a weighted training mixture instead of dataset:train_split, e.g.
+    # [("fashion_mnist", "train", 3.0), ("array_record:data/extra", "train", 1.0)]
+    mixture: list[tuple[str, str, float]] = dataclasses.field(default_factory=list)
+
 
 
 @dataclasses.dataclass
@@ -142,6 +160,9 @@ class TrainConfig:
     seed: int = 0
     duration: Duration = "10ep"
     loss: str = "softmax_xent"  # or "sigmoid_xent"
+    label_smoothing: float = 0.0  # training targets (1-ε)·y + ε/K
+    ema_decay: float = 0.0  # > 0: keep, checkpoint and evaluate ("ema/" metrics) a Polyak average
+    grad_accum_steps: int = 1  # k: the batch is k micro-batches of batch_size/k, one update
     log_every: Duration = 50
     eval_every: Duration = "1ep"
     ckpt_every: Duration = 500
@@ -219,6 +240,7 @@ class Config:
 # Keys that may change between a run and its resumption without changing the run.
 NON_IDENTITY_KEYS = {
     "train.log_every", "train.eval_every", "train.ckpt_every", "train.keep",
+    "data.workers", "data.prefetch",
     "train.keep_every", "train.progress", "train.max_skipped", "data.eval_batch_size", "data.eval_splits",
     "data.data_dir", "data.calibration_split",
     *(f"fewshot.{f.name}" for f in dataclasses.fields(FewShotConfig)),
@@ -375,6 +397,29 @@ def _check(ok: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+# big_vision's augmentation levels for ViT (Steiner et al., arXiv 2106.10270):
+# name -> (RandAugment ops, magnitude, mixup α); see vistas.data.randaugment
+AUG_LEVELS: dict[str, tuple[int, float, float]] = {
+    "none": (0, 0.0, 0.0),
+    "light1": (2, 0.0, 0.0),
+    "light2": (2, 10.0, 0.2),
+    "medium1": (2, 15.0, 0.2),
+    "medium2": (2, 15.0, 0.5),
+    "strong1": (2, 20.0, 0.5),
+    "strong2": (2, 20.0, 0.8),
+}
+
+
+def augmentation(d: DataConfig) -> dict[str, Any]:
+    """The augmentation a data config asks for, with ``aug_level`` resolved:
+    ``randaug_ops``, ``randaug_magnitude``, ``autoaugment``, ``mixup_alpha``, ``cutmix_alpha``."""
+    ops, magnitude, mixup_alpha = d.randaug_ops, d.randaug_magnitude, d.mixup_alpha
+    if d.aug_level is not None:
+        ops, magnitude, mixup_alpha = AUG_LEVELS[d.aug_level]
+    return {"randaug_ops": ops, "randaug_magnitude": magnitude, "autoaugment": d.autoaugment,
+            "mixup_alpha": mixup_alpha, "cutmix_alpha": d.cutmix_alpha}
+
+
 def validate(cfg: Config) -> None:
     """Checks values that a type alone cannot; each failure is one line."""
     d, m, o, s, t = cfg.data, cfg.model, cfg.optim, cfg.schedule, cfg.train
@@ -390,6 +435,25 @@ def validate(cfg: Config) -> None:
     _check(0 < d.eval_crop_fraction <= 1, f"data.eval_crop_fraction={d.eval_crop_fraction} must be in (0, 1]")
     _check(d.num_train_examples is None or d.num_train_examples > 0,
            f"data.num_train_examples={d.num_train_examples} must be positive")
+    _check(d.randaug_ops >= 0, f"data.randaug_ops={d.randaug_ops} must be >= 0 (0: off)")
+    _check(0 <= d.randaug_magnitude <= 30, f"data.randaug_magnitude={d.randaug_magnitude} must be in [0, 30]")
+    _check(not (d.autoaugment and d.randaug_ops),
+           "data.autoaugment=True and data.randaug_ops > 0: choose one of them")
+    _check(d.mixup_alpha >= 0 and d.cutmix_alpha >= 0,
+           f"data.mixup_alpha={d.mixup_alpha} and data.cutmix_alpha={d.cutmix_alpha} must be >= 0 (0: off)")
+    _check(d.aug_level is None or d.aug_level in AUG_LEVELS,
+           f"data.aug_level={d.aug_level!r} is not known; use one of {', '.join(AUG_LEVELS)}")
+    _check(d.aug_level is None or (d.randaug_ops == 0 and d.mixup_alpha == 0 and not d.autoaugment),
+           f"data.aug_level={d.aug_level!r} sets RandAugment and mixup itself; leave "
+           "data.randaug_ops, data.mixup_alpha and data.autoaugment at their defaults")
+    _check(d.workers >= 0 and d.prefetch >= 0,
+           f"data.workers={d.workers} and data.prefetch={d.prefetch} must be >= 0")
+    _check(d.decode_size is None or d.decode_size > 0, f"data.decode_size={d.decode_size} must be positive")
+    _check(0 <= t.label_smoothing < 1, f"train.label_smoothing={t.label_smoothing} must be in [0, 1)")
+    _check(0 <= t.ema_decay < 1, f"train.ema_decay={t.ema_decay} must be in [0, 1) (0: no EMA)")
+    _check(t.grad_accum_steps >= 1 and d.batch_size % t.grad_accum_steps == 0,
+           f"train.grad_accum_steps={t.grad_accum_steps} must be >= 1 and divide "
+           f"data.batch_size={d.batch_size}")
     _check(m.dropout is None or 0 <= m.dropout < 1, f"model.dropout={m.dropout} must be in [0, 1)")
     _check(m.drop_path is None or 0 <= m.drop_path < 1,
            f"model.drop_path={m.drop_path} must be in [0, 1)")

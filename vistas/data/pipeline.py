@@ -63,6 +63,15 @@ class _TrainBatches:
         self._lock = threading.Lock()
         self._local = threading.local()
 
+    def __getstate__(self):  # sent to worker processes without locks and caches
+        state = dict(self.__dict__)
+        state["_lock"], state["_local"], state["_perms"] = None, None, {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock, self._local = threading.Lock(), threading.local()
+
     def permutation(self, epoch: int) -> np.ndarray:
         """The example order of `epoch`, drawn from (seed, epoch)."""
         with self._lock:
@@ -119,8 +128,10 @@ class TrainIterator:
     """
 
     def __init__(self, batches: grain.MapDataset, *, fingerprint: dict,
-                 read_options: grain.ReadOptions, steps_per_epoch: float, batch_size: int):
+                 read_options: grain.ReadOptions, steps_per_epoch: float, batch_size: int,
+                 workers: int = 0):
         self._batches = batches
+        self._workers = workers
         self._fingerprint = fingerprint
         self._read_options = read_options
         self._step = 0
@@ -138,6 +149,15 @@ class TrainIterator:
         return self
 
     def __next__(self) -> dict:
+        if self._it is None and self._workers:
+            # worker processes prepare batches step, step + 1, ... (grain keeps their order)
+            from absl import flags  # grain's worker processes read absl flags
+
+            if not flags.FLAGS.is_parsed():
+                flags.FLAGS.mark_as_parsed()
+            options = grain.MultiprocessingOptions(num_workers=self._workers)
+            self._it = iter(self._batches[self._step:].to_iter_dataset(self._read_options)
+                            .mp_prefetch(options))
         if self._it is None:
             self._it = iter(self._batches.to_iter_dataset(self._read_options))
             if self._step:
@@ -181,6 +201,7 @@ def train_iterator(
     shuffle: bool = True,
     num_threads: int = 1,
     prefetch: int = 2,
+    workers: int = 0,
 ) -> TrainIterator:
     """Infinite, deterministic, resumable training batches for this process.
 
@@ -188,13 +209,16 @@ def train_iterator(
     processes' batches form global batch k. `num_threads` threads prepare `prefetch` batches
     ahead (0: everything on the calling thread). One thread is fastest for in-memory arrays
     (more contend for the GIL); image folders gain from more (PIL decodes without the GIL).
+    `workers` > 0 prepares batches in that many processes instead (grain multiprocessing), for
+    decoding and augmentation that need more than one core; the batches are the same.
     """
     b = _local_batch_size(global_batch_size, process_index, process_count)
     n = len(source)
     if n == 0:
         raise DataError("the training source has no examples")
-    if num_threads < 0 or prefetch < 0:
-        raise DataError(f"num_threads and prefetch must be >= 0, got {num_threads}, {prefetch}")
+    if num_threads < 0 or prefetch < 0 or workers < 0:
+        raise DataError(f"num_threads, prefetch and workers must be >= 0, got {num_threads}, "
+                        f"{prefetch}, {workers}")
 
     make_batch = _TrainBatches(
         source, transform, seed=seed, global_batch_size=global_batch_size, local_batch_size=b,
@@ -204,7 +228,7 @@ def train_iterator(
     fingerprint = {"seed": int(seed), "global_batch_size": int(global_batch_size),
                    "num_examples": n, "shuffle": bool(shuffle)}
     return TrainIterator(ds, fingerprint=fingerprint, read_options=read_options,
-                         steps_per_epoch=n / global_batch_size, batch_size=b)
+                         steps_per_epoch=n / global_batch_size, batch_size=b, workers=workers)
 
 
 def _read_options(num_threads: int, prefetch: int) -> grain.ReadOptions:

@@ -187,19 +187,6 @@ class AutoAugment:
         return _from_pil(img, image.shape[2])
 
 
-# big_vision's augmentation levels for ViT (Steiner et al., "How to train your ViT",
-# arXiv 2106.10270): RandAugment(2, M) and mixup α
-LEVELS: dict[str, tuple[int, float, float]] = {
-    "none": (0, 0.0, 0.0),
-    "light1": (2, 0.0, 0.0),
-    "light2": (2, 10.0, 0.2),
-    "medium1": (2, 15.0, 0.2),
-    "medium2": (2, 15.0, 0.5),
-    "strong1": (2, 20.0, 0.5),
-    "strong2": (2, 20.0, 0.8),
-}
-
-
 def make(*, randaug_ops: int = 0, randaug_magnitude: float = 10.0,
          autoaugment: bool = False) -> Callable[[np.ndarray, np.random.Generator], np.ndarray] | None:
     """The configured policy, or None when augmentation is off."""
@@ -212,4 +199,4 @@ def make(*, randaug_ops: int = 0, randaug_magnitude: float = 10.0,
     return None
 
 
-__all__ = ["AUTOAUGMENT_V0", "LEVELS", "OPS", "RANDAUGMENT_OPS", "AutoAugment", "RandAugment", "make"]
+__all__ = ["AUTOAUGMENT_V0", "OPS", "RANDAUGMENT_OPS", "AutoAugment", "RandAugment", "make"]

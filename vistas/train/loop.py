@@ -29,7 +29,7 @@ from flax import nnx
 from vistas import checkpoint as ckpt_lib
 from vistas import config as config_lib
 from vistas.config import Config
-from vistas.data import pipeline, sources, transforms
+from vistas.data import mixing, pipeline, randaugment, sources, transforms
 from vistas.errors import ConfigError, VistasError
 from vistas.evaluate import calibration
 from vistas.models import registry
@@ -108,11 +108,16 @@ class Experiment:
 
 def _load(cfg: Config, split: str) -> Any:
     d = cfg.data
-    return sources.load_source(d.dataset, split, data_dir=d.data_dir, path=d.path, channels=d.channels)
+    return sources.load_source(d.dataset, split, data_dir=d.data_dir, path=d.path, channels=d.channels,
+                               decode_size=d.decode_size)
 
 
 def build_sources(cfg: Config, *, with_train: bool = True) -> tuple[Any, dict[str, Any], int]:
-    train = _load(cfg, cfg.data.train_split) if with_train else None
+    train = _load(cfg, cfg.data.train_split) if with_train and not cfg.data.mixture else None
+    if with_train and cfg.data.mixture:  # weighted mixture of several datasets
+        d = cfg.data
+        train = sources.load_mixture(d.mixture, seed=cfg.train.seed, data_dir=d.data_dir,
+                                     channels=d.channels, decode_size=d.decode_size)
     evals = {split: _load(cfg, split) for split in cfg.data.eval_splits}
     any_source = train if train is not None else next(iter(evals.values()), None)
     if any_source is None:
@@ -200,6 +205,29 @@ def evaluate(exp: Experiment, params: Any, mesh: Any, eval_step: Callable | None
         results[f"eval/{split}/loss"] = float(totals["loss"]) / count
         results.update(calibration.split_results(totals, f"eval/{split}", scaled=temperature is not None))
     return results
+
+
+def evaluate_state(exp: Experiment, state: dict, mesh: Any, eval_step: Callable | None = None) -> dict[str, float]:
+    """``evaluate`` of the state's parameters and, when it keeps an EMA (``train.ema_decay``),
+    of the averaged parameters too, their metrics prefixed ``ema/`` (``ema/eval/test/top1``)."""
+    results = evaluate(exp, state["params"], mesh, eval_step)
+    if "ema_params" in state:
+        ema = evaluate(exp, state["ema_params"], mesh, eval_step)
+        results.update({f"ema/{k}": v for k, v in ema.items()})
+    return results
+
+
+def batch_mixing(cfg: Config) -> Callable | None:
+    """The device-side batch mixing the config asks for (mixup / CutMix), or None."""
+    aug = config_lib.augmentation(cfg.data)
+    if not (aug["mixup_alpha"] or aug["cutmix_alpha"]):
+        return None
+
+    def mix(key, images, targets):
+        return mixing.mix_batch(key, images, targets, mixup_alpha=aug["mixup_alpha"],
+                                cutmix_alpha=aug["cutmix_alpha"])
+
+    return mix
 
 
 def _check_same_run(workdir: pathlib.Path, cfg: Config) -> None:
@@ -314,19 +342,23 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
         write_file(workdir / "config.json", cfg.to_json())
 
     d = cfg.data
+    aug = config_lib.augmentation(d)
     train_transform = transforms.make_train_transform(
         image_size=d.image_size, crop=d.crop, inception_area=d.inception_area, pad=d.pad,
-        flip=d.flip, value_range=d.value_range)
+        flip=d.flip, value_range=d.value_range,
+        augment=randaugment.make(randaug_ops=aug["randaug_ops"], randaug_magnitude=aug["randaug_magnitude"],
+                                 autoaugment=aug["autoaugment"]))
     data_it = pipeline.train_iterator(
         exp.train_source, global_batch_size=d.batch_size, seed=t.seed, transform=train_transform,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        workers=d.workers, prefetch=d.prefetch)
 
     params = exp.params
     if latest is None and t.init_from:  # transfer: start from an upstream run's parameters
         from vistas.train import finetune
 
         params = finetune.init_params(cfg, exp.params)
-    state = step_lib.init_state(params, exp.tx, t.seed)
+    state = step_lib.init_state(params, exp.tx, t.seed, ema=t.ema_decay > 0)
     if t.nonfinite == "skip":
         state["skipped"] = jnp.zeros((), jnp.int32)
     placement = sharding.state_shardings(state, state["params"], mesh, cfg.mesh.rules)
@@ -336,11 +368,13 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
         data_it.set_state(data_state)
     start = int(state["step"])
 
-    loss_fn = losses.get(t.loss)
+    loss_fn = losses.get(t.loss)  # evaluation: the plain loss
     train_step = jax.jit(
         step_lib.make_train_step(
-            exp.graphdef, exp.rest, exp.tx, loss_fn, exp.lr_at,
+            exp.graphdef, exp.rest, exp.tx, losses.get(t.loss, t.label_smoothing), exp.lr_at,
             use_rng=registry.needs_rng(exp.model), sam_rho=cfg.optim.sam_rho, nonfinite=t.nonfinite,
+            mix=batch_mixing(cfg), num_classes=exp.num_classes, accum_steps=t.grad_accum_steps,
+            ema_decay=t.ema_decay,
             trainable=jax.tree.map(lambda label: label == builder.TRAIN,
                                    builder.frozen_labels(exp.params, cfg.optim.frozen))),
         out_shardings=(placement, None),
@@ -392,7 +426,7 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
                 else:
                     progress.update(step, f"loss {loss:.4f}", log_line=False)
                 if step % eval_every == 0 or step == exp.total_steps:
-                    eval_results = evaluate(exp, state["params"], mesh, eval_step)
+                    eval_results = evaluate_state(exp, state, mesh, eval_step)
                     writer.write(step, eval_results)
                     if not quiet:
                         progress.print(f"step {step}: " + "  ".join(
@@ -419,7 +453,7 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
                                        "run the same command to resume")
                     break
         if not eval_results and step >= exp.total_steps:  # a finished run, asked again
-            eval_results = evaluate(exp, state["params"], mesh, eval_step)
+            eval_results = evaluate_state(exp, state, mesh, eval_step)
     finally:
         progress.close()
         data_it.close()
@@ -445,7 +479,8 @@ def load_config(workdir: pathlib.Path) -> Config:
     return Config.from_dict(json.loads(path.read_text()))
 
 
-def final_params(workdir: str | pathlib.Path, cfg: Config | None = None, step: int | None = None) -> tuple[Experiment, Any, int]:
+def final_params(workdir: str | pathlib.Path, cfg: Config | None = None, step: int | None = None,
+                 key: str = "params") -> tuple[Experiment, Any, int]:
     """Rebuilds the experiment of ``workdir`` (without its training split) and restores the
     parameters of a checkpoint. Only the parameters are read, so a checkpoint stays usable
     when the optimizer, and so the shape of its state, has changed since it was written."""
@@ -461,7 +496,7 @@ def final_params(workdir: str | pathlib.Path, cfg: Config | None = None, step: i
             raise VistasError(f"{workdir / 'checkpoints'} has no checkpoint {found}; "
                               f"steps: {checkpointer.all_steps()}")
         params = jax.device_put(exp.params, mesh_lib.replicated(mesh_lib.data_mesh()))
-        params = checkpointer.restore_params(found, params)
+        params = checkpointer.restore_params(found, params, key)  # "ema_params": the EMA
     return exp, params, found
 
 
@@ -474,6 +509,9 @@ def evaluate_workdir(workdir: str | pathlib.Path, *, splits: list[str] | None = 
         cfg.data.eval_splits = list(splits)
     exp, params, found = final_params(workdir, cfg, step)
     results = {"step": found, **evaluate(exp, params, mesh_lib.data_mesh())}
+    if cfg.train.ema_decay:  # the averaged parameters too
+        exp, ema, _ = final_params(workdir, cfg, found, key="ema_params")
+        results.update({f"ema/{k}": v for k, v in evaluate(exp, ema, mesh_lib.data_mesh()).items()})
     if jax.process_index() == 0:
         (workdir / f"eval_{found}.json").write_text(json.dumps(results, indent=2))
     return results

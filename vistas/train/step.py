@@ -15,23 +15,50 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from vistas.data import mixing
 from vistas.evaluate import calibration
 from vistas.optim import sam
 
 State = dict[str, Any]
+MIX_STREAM = 0x6D6978  # the batch-mixing random stream (mixup / CutMix), apart from the model's
 
 
-def init_state(params: Any, tx: optax.GradientTransformation, seed: int) -> State:
-    return {
+def init_state(params: Any, tx: optax.GradientTransformation, seed: int, *,
+               ema: bool = False) -> State:
+    """The initial state; ``ema``: also ``"ema_params"``, the running average of the
+    parameters (``ema_update``), starting at the initial parameters."""
+    state = {
         "params": params,
         "opt_state": tx.init(params),
         "step": jnp.zeros((), jnp.int32),
         "rng": jax.random.PRNGKey(seed),
     }
+    if ema:
+        state["ema_params"] = jax.tree.map(jnp.copy, params)
+    return state
+
+
+def ema_update(ema: Any, params: Any, decay: float) -> Any:
+    """Polyak averaging, decay·ema + (1-decay)·params leaf by leaf, in ema's dtypes."""
+    return jax.tree.map(
+        lambda e, p: (decay * e.astype(jnp.float32) + (1.0 - decay) * p.astype(jnp.float32)).astype(e.dtype),
+        ema, params)
+
+
+def _micro_batches(batch: dict, k: int) -> dict:
+    """[B, ...] leaves -> [k, B/k, ...]; micro-batch i takes rows i, i+k, i+2k... so that each
+    stays spread evenly over devices that hold contiguous slices of the batch."""
+    return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), batch)
+
+
+def _micro(batch: dict, k: int, i: int) -> dict:
+    return jax.tree.map(lambda x: x[i::k], batch)
 
 
 def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransformation,
                     loss_fn: Callable, lr_fn: Callable, *, use_rng: bool, sam_rho: float = 0.0,
+                    mix: Callable | None = None, num_classes: int = 0, accum_steps: int = 1,
+                    ema_decay: float = 0.0,
                     trainable: Any = None, nonfinite: str = "stop") -> Callable:
     """``step(state, batch) -> (state, metrics)``; metrics are scalars.
 
@@ -43,20 +70,55 @@ def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransfo
     ``sam_rho > 0``: the optimizer gets the SAM gradient (``vistas.optim.sam``), taken at the
     parameters perturbed by ρ·g/‖g‖ (``trainable``, a pytree of bools like the parameters,
     leaves frozen ones unperturbed); the logged loss and top-1 are those at the parameters.
+
+    ``mix(key, images, targets)`` (``vistas.data.mixing.mix_batch``): mixup / CutMix of the
+    images and of their [B, num_classes] probability targets, keyed by the state's RNG and
+    step (so a resumed run mixes as the uninterrupted one); the loss takes the mixed
+    targets, top-1 the original labels. ``accum_steps = k``: the gradient is the mean of
+    those of k micro-batches of B/k examples, computed one after the other (``lax.scan``):
+    the update of the whole batch with the activation memory of a micro-batch (SAM then
+    perturbs each micro-batch by its own gradient). ``ema_decay > 0``:
+    ``state["ema_params"]`` follows the parameters (``ema_update``) after each update.
     """
 
-    def step(state: State, batch: dict) -> tuple[State, dict]:
-        rng = jax.random.fold_in(state["rng"], state["step"]) if use_rng else None
+    def objective(params, batch, rng):
+        logits, _ = nnx.merge(graphdef, params, rest)(batch["image"], rng=rng)
+        return loss_fn(logits, batch["target"]).mean(), logits
 
-        def objective(params):
-            logits, _ = nnx.merge(graphdef, params, rest)(batch["image"], rng=rng)
-            return loss_fn(logits, batch["label"]).mean(), logits
+    def loss_metrics_grads(params, batch, rng):
+        """(loss, metrics, gradients) of one (micro-)batch."""
+        def fn(p):
+            return objective(p, batch, rng)
 
         if sam_rho:
-            grad_fn = sam.value_and_sam_grad(objective, sam_rho, trainable)
+            grad_fn = sam.value_and_sam_grad(fn, sam_rho, trainable)
         else:
-            grad_fn = jax.value_and_grad(objective, has_aux=True)
-        (loss, logits), grads = grad_fn(state["params"])
+            grad_fn = jax.value_and_grad(fn, has_aux=True)
+        (loss, logits), grads = grad_fn(params)
+        metrics = {("train/prec@1" if batch["label"].ndim == 2 else "train/top1"):
+                   jnp.mean(correct_at_1(logits, batch["label"]))}
+        return loss, metrics, grads
+
+    def step(state: State, batch: dict) -> tuple[State, dict]:
+        step_rng = jax.random.fold_in(state["rng"], state["step"])
+        rng = step_rng if use_rng else None
+        batch = {**batch, "target": batch["label"]}
+        if mix is not None:
+            batch["image"], batch["target"] = mix(
+                jax.random.fold_in(step_rng, MIX_STREAM), batch["image"],
+                mixing.one_hot_targets(batch["label"], num_classes))
+        if accum_steps == 1:
+            loss, batch_metrics, grads = loss_metrics_grads(state["params"], batch, rng)
+        else:
+            def micro_step(sums, xs):
+                i, micro = xs
+                out = loss_metrics_grads(state["params"], micro, None if rng is None else jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, sums, out), None
+
+            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(loss_metrics_grads, state["params"],
+                                                                  _micro(batch, accum_steps, 0), rng))
+            sums, _ = jax.lax.scan(micro_step, zeros, (jnp.arange(accum_steps), _micro_batches(batch, accum_steps)))
+            loss, batch_metrics, grads = jax.tree.map(lambda x: x / accum_steps, sums)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         finite = all_finite((loss, grads, params))
@@ -67,8 +129,7 @@ def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransfo
             new_state["skipped"] = state["skipped"] + (~finite).astype(jnp.int32)
         metrics = {
             "train/loss": loss,
-            ("train/prec@1" if batch["label"].ndim == 2 else "train/top1"):
-                jnp.mean(correct_at_1(logits, batch["label"])),
+            **batch_metrics,
             "train/grad_norm": optax.tree.norm(grads),
             "train/lr": lr_fn(state["step"]),
             "train/finite": finite.astype(jnp.float32),
@@ -76,6 +137,8 @@ def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransfo
         if "skipped" in new_state:
             metrics["train/skipped"] = new_state["skipped"]
         new_state.update(params=params, opt_state=opt_state)
+        if ema_decay:
+            new_state["ema_params"] = ema_update(state["ema_params"], params, ema_decay)
         return new_state, metrics
 
     return step
