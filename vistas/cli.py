@@ -10,6 +10,8 @@
     vistas optim-memory --model VARIANT [...] | --preset NAME [--optimizer NAME[,KEY=VALUE] ...]
     vistas cooldown --workdir SRC --from-step S [S ...] --steps N --workdir-out DST
     vistas convert SRC DST [--model VARIANT] [--to FORMAT] [--image-size N|HxW] [--scan|--no-scan]
+    vistas sweep run SPEC --out DIR [--parallel N] | commands SPEC --out DIR | status DIR | presets
+    vistas fit RESULTS [--x compute|examples|params] [--y METRIC] [--plot out.png]
 
 Errors caused by input (config, data, files) print one line and exit with status 2.
 """
@@ -243,6 +245,53 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from vistas.scaling import sweep
+
+    if args.sweep_cmd == "run":
+        rows = sweep.run(args.spec, args.out, parallel=args.parallel, only=args.only,
+                         in_process=args.in_process)
+        return 1 if any(r["status"] == "failed" for r in rows) else 0
+    if args.sweep_cmd == "commands":
+        lines, _ = sweep.commands(args.spec, args.out)
+        print("\n".join(lines))
+        print(f"# written to {args.out}/commands.txt; SLURM array script: {args.out}/slurm_array.sh",
+              file=sys.stderr)
+        return 0
+    if args.sweep_cmd == "presets":
+        from vistas.scaling import presets
+
+        for name in presets.names():
+            print(name + "\n" + "\n".join("    " + line for line in presets.describe(name).splitlines()) + "\n")
+        return 0
+    rows = sweep.status(args.out)
+    from vistas.scaling import results
+
+    results.collect(args.out)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["member"]) for r in rows)
+    for r in rows:
+        print(f"{r['member']:<{width}}  {r['status']:<8} {r['detail']}")
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "running", "partial", "failed", "pending")}
+    print(", ".join(f"{n} {s}" for s, n in counts.items() if n) + f"; results: {args.out}/results.csv")
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from vistas.scaling import fit
+
+    report = fit.fit_results(args.results, x=args.x, y=args.y, n_bootstrap=args.bootstrap,
+                             extrapolate=args.extrapolate, plot=args.plot,
+                             examples_plot=args.examples_plot, seed=args.seed)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(fit.format_report(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vistas import presets
 
@@ -373,6 +422,38 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write the scanned layout (big_vision encoderblock, vistas encoder/blocks)")
     cv.add_argument("--json", action="store_true")
     cv.set_defaults(fn=_cmd_convert)
+
+    sw = sub.add_parser("sweep", help="scaling sweeps: run, emit cluster commands, show status")
+    swsub = sw.add_subparsers(dest="sweep_cmd", required=True)
+    sr = swsub.add_parser("run", help="run every member (skips finished, resumes interrupted ones)")
+    sr.add_argument("spec", help="a .toml/.json sweep spec or a sweep preset (vistas sweep presets)")
+    sr.add_argument("--out", required=True, help="sweep folder: one run folder per member, results table")
+    sr.add_argument("--parallel", type=int, default=1, help="groups run at once, each in its own process")
+    sr.add_argument("--only", help="run only this group (MODEL/nSIZE), model or member")
+    sr.add_argument("--in-process", action="store_true",
+                    help="run in this process instead of one child process per group")
+    sc = swsub.add_parser("commands", help="one command per member and a SLURM array script")
+    sc.add_argument("spec")
+    sc.add_argument("--out", required=True)
+    ss = swsub.add_parser("status", help="what is done, running, interrupted, failed or pending")
+    ss.add_argument("out")
+    ss.add_argument("--json", action="store_true")
+    swsub.add_parser("presets", help="named sweeps and their documentation")
+    sw.set_defaults(fn=_cmd_sweep)
+
+    fi = sub.add_parser("fit", help="fit E = a(C + d)^-b + c on the Pareto frontier of a sweep")
+    fi.add_argument("results", help="results.csv / results.jsonl of a sweep, or its folder")
+    fi.add_argument("--x", default="compute", choices=["compute", "examples", "params"],
+                    help="total training FLOPs, examples seen or parameters (default compute)")
+    fi.add_argument("--y", default="eval_error", help="a results column (default eval_error)")
+    fi.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default 200)")
+    fi.add_argument("--extrapolate", type=float, default=0.3,
+                    help="fraction of the frontier (highest x) held out and predicted (default 0.3)")
+    fi.add_argument("--plot", help="write the figure here (PNG)")
+    fi.add_argument("--examples-plot", help="also plot error vs examples seen per model size here")
+    fi.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    fi.add_argument("--json", action="store_true")
+    fi.set_defaults(fn=_cmd_fit)
     return p
 
 

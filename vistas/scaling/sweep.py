@@ -104,6 +104,10 @@ def _error_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".splitlines()[0]
 
 
+class Interrupted(VistasError):
+    """A run stopped on SIGTERM/SIGINT after saving a checkpoint: the group stops too."""
+
+
 def _train(cfg: Any, workdir: pathlib.Path, flops_cache: dict, say: Callable[[str], None]) -> None:
     """Trains (or resumes) one run and records its compute accounting."""
     import jax
@@ -121,6 +125,8 @@ def _train(cfg: Any, workdir: pathlib.Path, flops_cache: dict, say: Callable[[st
         _update_accounting(workdir, wall_s=acc.get("wall_s", 0.0) + time.perf_counter() - tick,
                            sessions=acc.get("sessions", 0) + 1, devices=jax.device_count(),
                            device_kind=jax.devices()[0].device_kind)
+    if not summary["finished"]:
+        raise Interrupted(f"{workdir} stopped at step {summary['step']}; run the sweep again to resume")
     num_classes = int(loop.build_sources(cfg, with_train=False)[2])
     key = json.dumps([cfg.to_dict()["model"], cfg.data.batch_size, cfg.data.image_size,
                       cfg.data.channels, cfg.to_dict()["optim"], num_classes])
@@ -159,6 +165,8 @@ def run_group(spec: SweepSpec, group: Group, out: pathlib.Path,
                 say(f"{group.id}: source run ({group.source_steps} steps, rsqrt)")
                 try:
                     _train(spec_lib.source_config(spec, group), src, flops_cache, say)
+                except Interrupted:
+                    raise
                 except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
                     source_error = f"source run {group.source} failed: {_error_line(e)}"
                     _record_failure(src, _error_line(e), traceback.format_exc())
@@ -177,6 +185,8 @@ def run_group(spec: SweepSpec, group: Group, out: pathlib.Path,
                     cfg = spec_lib.member_config(spec, m)
                 _train(cfg, workdir, flops_cache, say)
                 status[m.id] = "done"
+            except Interrupted:
+                raise
             except Exception as e:  # noqa: BLE001 - recorded, the next member starts
                 _record_failure(workdir, _error_line(e), traceback.format_exc())
                 say(f"{m.id}: FAILED: {_error_line(e)}")

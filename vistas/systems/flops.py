@@ -84,9 +84,9 @@ def _cost_flops(compiled: Any) -> float | None:
     return float(flops) if flops is not None and flops > 0 else None
 
 
-def compiled_step_flops(cfg: Config, num_classes: int) -> float | None:
-    """FLOPs of one compiled train step of ``cfg`` from XLA's cost analysis (None when the
-    backend reports none). The model and state are abstract: nothing is allocated."""
+def abstract_step(cfg: Config, num_classes: int, global_batch: int) -> tuple[Any, Any, Any]:
+    """``(train_step, state, batch)`` of ``cfg``: the step function of ``vistas.train.step``
+    with an abstract (ShapeDtypeStruct) train state and batch; nothing is allocated."""
     from vistas.models import registry
     from vistas.optim import builder
     from vistas.train import loop, losses
@@ -104,14 +104,19 @@ def compiled_step_flops(cfg: Config, num_classes: int) -> float | None:
         lambda s: builder.current_lr(schedule, cfg.optim.lr, s),
         use_rng=registry.needs_rng(model), sam_rho=cfg.optim.sam_rho, trainable=trainable)
     state = jax.eval_shape(lambda p: step_lib.init_state(p, tx, cfg.train.seed), params)
-    d = cfg.data
-    b = d.batch_size
+    d, b = cfg.data, global_batch
     label = (jax.ShapeDtypeStruct((b, num_classes), jnp.float32) if cfg.train.loss == "sigmoid_xent"
              else jax.ShapeDtypeStruct((b,), jnp.int32))
     batch = {"image": jax.ShapeDtypeStruct((b, d.image_size, d.image_size, d.channels), jnp.float32),
              "label": label}
-    compiled = jax.jit(train_step).lower(state, batch).compile()
-    return _cost_flops(compiled)
+    return train_step, state, batch
+
+
+def compiled_step_flops(cfg: Config, num_classes: int) -> float | None:
+    """FLOPs of one compiled train step of ``cfg`` (batch ``data.batch_size``) from XLA's
+    cost analysis; None when the backend reports none."""
+    train_step, state, batch = abstract_step(cfg, num_classes, cfg.data.batch_size)
+    return _cost_flops(jax.jit(train_step).lower(state, batch).compile())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,4 +140,4 @@ def step_flops(cfg: Config, num_classes: int) -> StepFlops:
     return StepFlops(analytic, "analytic", analytic)
 
 
-__all__ = ["StepFlops", "analytic_step_flops", "compiled_step_flops", "step_flops", "vit_flops"]
+__all__ = ["StepFlops", "abstract_step", "analytic_step_flops", "compiled_step_flops", "step_flops", "vit_flops"]

@@ -1,7 +1,7 @@
 """Scaling study on Fashion-MNIST: 4 ViT sizes x 3 training-set sizes x 3 step budgets.
 
 Models (patch 7, 16 tokens of a 28x28 image, GAP head): width/depth/MLP/heads
-32/1/128/2, 64/2/256/2, 96/3/384/3 and 160/4/640/4 (11k to 1.3M parameters).
+16/1/64/2, 32/1/128/2, 64/2/256/2 and 96/2/384/3.
 Training sets: seeded subsets of 1,000 and 5,000 images and the full 60,000.
 Budgets: 250, 500 and 1,000 steps of batch 64 (16k to 64k examples seen). Adam lr 2e-3,
 50 warmup steps, rsqrt decay (timescale 100 steps); every budget is a linear cooldown
@@ -32,7 +32,7 @@ def spec() -> dict:
             "fewshot.datasets=['mnist_5k']", "fewshot.shots=[10]", "fewshot.seeds=2",
             "fewshot.every=100000",
         ],
-        "models": [_vit(32, 1, 128, 2), _vit(64, 2, 256, 2), _vit(96, 3, 384, 3), _vit(160, 4, 640, 4)],
+        "models": [_vit(16, 1, 64, 2), _vit(32, 1, 128, 2), _vit(64, 2, 256, 2), _vit(96, 2, 384, 3)],
         "data_sizes": [1000, 5000, "full"],
         "budgets": [250, 500, 1000],
         "cooldown": 0.2,

@@ -1,0 +1,130 @@
+"""Figures of a scaling study: error vs compute with the frontier and the fitted law, and
+error vs examples seen per model size."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from vistas.scaling import fit as fit_lib
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _models_by_size(rows: list[dict]) -> list[str]:
+    """Model labels ordered by parameter count (then by name)."""
+    params: dict[str, float] = {}
+    for r in rows:
+        params[r["model"]] = float(r.get("params") or 0)
+    return sorted(params, key=lambda m: (params[m], str(m)))
+
+
+def _model_label(rows: list[dict], model: str) -> str:
+    p = next((r.get("params") for r in rows if r["model"] == model), None)
+    return f"{model} ({p / 1e3:.0f}k params)" if p else str(model)
+
+
+def _colours(models: list[str]) -> dict[str, Any]:
+    cmap = _plt().get_cmap("viridis")
+    return {m: cmap(i / max(len(models) - 1, 1) * 0.9) for i, m in enumerate(models)}
+
+
+def _sizes(rows: list[dict]) -> list[Any]:
+    return sorted({r.get("data_size") for r in rows},
+                  key=lambda s: (s == "full" or s is None, s if isinstance(s, (int, float)) else 0))
+
+
+def _save(fig: Any, path: str | pathlib.Path) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def plot_fit(rows: list[dict], report: dict[str, Any], draws: dict[str, np.ndarray],
+             path: str | pathlib.Path) -> pathlib.Path:
+    """Log-log error vs x: every run (colour: model size; marker: data size), the Pareto
+    frontier, the fitted law with its 95% bootstrap band, and the extrapolation check (the
+    law fitted on the lower part, dashed, and the held-out frontier points it predicts)."""
+    plt = _plt()
+    xcol, y = report["x_column"], report["y"]
+    models, sizes = _models_by_size(rows), _sizes(rows)
+    colours = _colours(models)
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for r in rows:
+        ax.scatter(r[xcol], r[y], color=colours[r["model"]], s=30, alpha=0.85,
+                   marker=_MARKERS[sizes.index(r.get("data_size")) % len(_MARKERS)], zorder=3)
+    for m in models:
+        ax.scatter([], [], color=colours[m], marker="o", label=_model_label(rows, m))
+    for i, s in enumerate(sizes):
+        ax.scatter([], [], color="grey", marker=_MARKERS[i % len(_MARKERS)], label=f"data: {s}")
+    fx = np.array([p["x"] for p in report["frontier"]])
+    fy = np.array([p["y"] for p in report["frontier"]])
+    ax.plot(fx, fy, color="black", lw=1, alpha=0.6, zorder=2)
+    ax.scatter(fx, fy, facecolors="none", edgecolors="black", s=90, lw=1.2, zorder=4,
+               label="Pareto frontier")
+    xs = np.logspace(np.log10(fx.min() / 3), np.log10(fx.max() * 10), 200)
+    p = report["params"]
+    ax.plot(xs, fit_lib.law(xs, p), color="crimson", lw=2, zorder=5,
+            label=f"{report['law']} fit: {report['forms'][report['law']]['formula']}")
+    if draws and len(next(iter(draws.values()))) > 1:
+        curves = np.stack([fit_lib.law(xs, dict(zip(draws, v, strict=True)))
+                           for v in zip(*draws.values(), strict=True)])
+        lo, hi = np.percentile(curves, [2.5, 97.5], axis=0)
+        ax.fill_between(xs, lo, hi, color="crimson", alpha=0.15, lw=0, label="95% bootstrap band")
+    if "c" in p:
+        ax.axhline(p["c"], color="crimson", ls=":", lw=1, label=f"c = {p['c']:.3f} (saturation)")
+    check = report["forms"][report["law"]]["extrapolation"]
+    if "held_out" in check:
+        ax.plot(xs, fit_lib.law(xs, check["params"]), color="darkorange", ls="--", lw=1.5, zorder=5,
+                label=f"fit on the {check['fit_on']} lowest frontier points")
+        ax.axvline(check["x_split"], color="darkorange", lw=0.8, alpha=0.5)
+        hx = [h["x"] for h in check["held_out"]]
+        hy = [h["y"] for h in check["held_out"]]
+        ax.scatter(hx, hy, marker="x", color="darkorange", s=80, zorder=6,
+                   label=f"extrapolated to (mean error {100 * check['mean_rel_error']:.1f}%)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(fit_lib.X_LABELS[report["x"]])
+    ax.set_ylabel(y)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_examples(rows: list[dict], y: str, path: str | pathlib.Path) -> pathlib.Path:
+    """Error vs examples seen: one panel per data size, one line per model size."""
+    plt = _plt()
+    models, sizes = _models_by_size(rows), _sizes(rows)
+    colours = _colours(models)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 4), sharey=True, squeeze=False)
+    for ax, s in zip(axes[0], sizes, strict=True):
+        for m in models:
+            pts = sorted((r["examples_seen"], r[y]) for r in rows if r["model"] == m and r.get("data_size") == s)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", color=colours[m], label=_model_label(rows, m))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"training set: {s}")
+        ax.set_xlabel("examples seen")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel(y)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+__all__ = ["plot_examples", "plot_fit"]
