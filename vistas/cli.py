@@ -1,6 +1,7 @@
 """The ``vistas`` command.
 
     vistas train --preset NAME --workdir DIR [--set key.path=value ...]
+    vistas distill --preset NAME --workdir DIR --set distill.teachers=[RUN, ...] [distill.mode=...]
     vistas evaluate --workdir DIR [--splits test ...] [--step N]
     vistas models [--json] [--image-size 224] [--num-classes 1000]
     vistas presets [--json]
@@ -8,7 +9,6 @@
     vistas fewshot --workdir DIR [--datasets NAME ...] [--shots 1,5,10,25] [--seeds 3]
     vistas finetune --from DIR --dataset NAME [--resolution R] [--steps N] [--workdir OUT]
     vistas optim-memory --model VARIANT [...] | --preset NAME [--optimizer NAME[,KEY=VALUE] ...]
-    vistas shapefind --model VARIANT [--device h100|...|--budget-bytes N] [--mesh data=..,fsdp=..,model=..]
     vistas cooldown --workdir SRC --from-step S [S ...] --steps N --workdir-out DST
     vistas convert SRC DST [--model VARIANT] [--to FORMAT] [--image-size N|HxW] [--scan|--no-scan]
     vistas sweep run SPEC --out DIR [--parallel N] | commands SPEC --out DIR | status DIR | presets
@@ -34,7 +34,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = presets.get(args.preset)
     config_lib.apply_overrides(cfg, [s for group in args.set for s in group])
     workdir = args.workdir or f"runs/{args.preset}"
-    summary = loop.train(cfg, workdir, quiet=args.quiet)
+    if args.cmd == "distill":
+        from vistas.train import distill
+
+        summary = distill.distill(cfg, workdir, quiet=args.quiet)
+    else:
+        summary = loop.train(cfg, workdir, quiet=args.quiet)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -147,24 +152,6 @@ def _cmd_optim_memory(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['model']:<12} {r['optimizer']:<26} {r['params']:>15,} "
               f"{r['state_bytes']:>17,} {r['bytes_per_param']:>8.3f}")
-    return 0
-
-
-def _cmd_shapefind(args: argparse.Namespace) -> int:
-    from vistas.systems import shapefind
-
-    sizes = shapefind.parse_mesh(args.mesh)
-    import jax
-
-    # simulated CPU devices for the mesh (must happen before JAX starts its backends)
-    jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_num_cpu_devices", max(1, shapefind.mesh_devices(sizes)))
-    answer = shapefind.run(
-        args.model, device=args.device, budget=args.budget_bytes, headroom=args.headroom, mesh=sizes,
-        optimizer=args.optimizer, remat=args.remat, dtype=args.dtype, image_size=args.image_size,
-        num_classes=args.num_classes, batch=args.batch, diagonal=args.diagonal,
-        overrides=[s for g in args.set for s in g], probe=args.probe)
-    print(json.dumps(answer, indent=2) if args.json else shapefind.format_answer(answer))
     return 0
 
 
@@ -326,6 +313,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print the summary as JSON")
     t.set_defaults(fn=_cmd_train)
 
+    ds = sub.add_parser("distill", help="distil frozen teacher runs into a student (function matching)",
+                        description="A training run whose distill.mode is not 'off': the teachers "
+                        "(distill.teachers, run directories) are evaluated in the student's step; "
+                        "see docs/distillation.md.")
+    ds.add_argument("--preset", default="fashion_mnist_distill_student",
+                    help="named recipe (default fashion_mnist_distill_student)")
+    ds.add_argument("--workdir", help="output folder (default runs/PRESET); resumes if it holds the run")
+    ds.add_argument("--set", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="e.g. --set distill.teachers=[runs/teacher] distill.mode=consistent "
+                    "distill.temperature=1 distill.mixup_alpha=1")
+    ds.add_argument("--quiet", action="store_true", help="no progress output")
+    ds.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ds.set_defaults(fn=_cmd_train)
+
     e = sub.add_parser("evaluate", help="evaluate the latest checkpoint of a run")
     e.add_argument("--workdir", required=True)
     e.add_argument("--splits", nargs="+", help="splits to evaluate (default: the run's eval splits)")
@@ -376,28 +377,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="trace every block instead of extrapolating from depths 1 and 2")
     om.add_argument("--json", action="store_true")
     om.set_defaults(fn=_cmd_optim_memory)
-
-    sf = sub.add_parser("shapefind", help="largest batch (or model) that fits a device, from the "
-                        "compiled program's memory analysis (nothing allocated)")
-    sf.add_argument("--model", required=True, help="e.g. vit-B/16")
-    sf.add_argument("--device", default="h100",
-                    help="h100, h200, a100-80g, a100-40g, tpu-v4, tpu-v5e, tpu-v5p (default h100)")
-    sf.add_argument("--budget-bytes", type=int, help="memory per device in bytes instead of --device")
-    sf.add_argument("--headroom", type=float, default=0.9,
-                    help="fraction of the device's memory the step may use (default 0.9)")
-    sf.add_argument("--mesh", help="e.g. data=2,fsdp=4,model=1 (simulated devices; default one device)")
-    sf.add_argument("--optimizer", default="adam", help="NAME[,KEY=VALUE...], e.g. adafactor_bv")
-    sf.add_argument("--remat", help="none, full, dots, dots_no_batch")
-    sf.add_argument("--dtype", help="compute dtype, e.g. bfloat16")
-    sf.add_argument("--image-size", type=int, default=224)
-    sf.add_argument("--num-classes", type=int, default=1000)
-    sf.add_argument("--batch", type=int, help="batch per device: report it (or, with --diagonal, fit models to it)")
-    sf.add_argument("--diagonal", action="store_true",
-                    help="the largest ViT of the ladder from --model up that fits at --batch")
-    sf.add_argument("--probe", type=int, default=8, help="first batch size compiled (default 8)")
-    sf.add_argument("--set", nargs="+", action="append", default=[], metavar="KEY=VALUE")
-    sf.add_argument("--json", action="store_true")
-    sf.set_defaults(fn=_cmd_shapefind)
 
     c = sub.add_parser("cooldown", help="branch cooldowns from checkpoints of an rsqrt run")
     c.add_argument("--workdir", required=True, help="the source run (only read)")

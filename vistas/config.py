@@ -194,6 +194,27 @@ class FewShotConfig:
     every: Duration = "1ep"
 
 
+DISTILL_MODES = ("off", "consistent", "independent", "fixed", "labels")
+
+
+@dataclasses.dataclass
+class DistillConfig:
+    """Function-matching distillation (``vistas.train.distill``, docs/distillation.md).
+
+    ``mode``: "off" (supervised training), "consistent" (teachers and student see the same
+    augmented, mixed view), "independent" (independent crops), "fixed" (teacher logits on
+    central crops, cached on disk) or "labels" (no teacher in the loss: the baseline).
+    """
+
+    mode: str = "off"
+    teachers: list[str] = dataclasses.field(default_factory=list)  # run directories; ensemble
+    temperature: float = 1.0  # T of T²·KL(softmax(t/T) ‖ softmax(s/T))
+    label_weight: float = 0.0  # weight of the label loss added to the KL (0: pure matching)
+    mixup_alpha: float = 1.0  # mixup λ ~ Beta(α, α) of the whole batch; 0: off
+    view_size: int | None = None  # pixels of the shared view; None: largest model size
+    cache_dir: str | None = None  # fixed mode: where the teacher logits are cached (default: workdir)
+
+
 @dataclasses.dataclass
 class MeshConfig:
     """The device mesh of training and where parameters live (``vistas.systems.sharding``).
@@ -219,6 +240,7 @@ class Config:
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     fewshot: FewShotConfig = dataclasses.field(default_factory=FewShotConfig)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
 
     def to_dict(self) -> dict:
@@ -242,7 +264,7 @@ NON_IDENTITY_KEYS = {
     "train.log_every", "train.eval_every", "train.ckpt_every", "train.keep",
     "data.workers", "data.prefetch",
     "train.keep_every", "train.progress", "train.max_skipped", "data.eval_batch_size", "data.eval_splits",
-    "data.data_dir", "data.calibration_split",
+    "data.data_dir", "data.calibration_split", "distill.cache_dir",
     *(f"fewshot.{f.name}" for f in dataclasses.fields(FewShotConfig)),
     # a run may resume on another mesh or placement: the same computation, laid out differently
     *(f"mesh.{f.name}" for f in dataclasses.fields(MeshConfig)),
@@ -315,6 +337,9 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise bad
     if origin in (list, tuple):
+        if origin is list and args == (str,) and isinstance(value, str) \
+                and value.startswith("[") and value.endswith("]"):  # [a, b/c] from the shell
+            value = [v.strip().strip("'\"") for v in value[1:-1].split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise bad
         if origin is tuple and args and args[-1] is not Ellipsis:
@@ -472,6 +497,20 @@ def validate(cfg: Config) -> None:
            f"fewshot.l2={f.l2} and fewshot.l2_grid={f.l2_grid} must be positive")
     _check(f.max_test_examples is None or f.max_test_examples > 0,
            f"fewshot.max_test_examples={f.max_test_examples} must be positive")
+    x = cfg.distill
+    _check(x.mode in DISTILL_MODES,
+           f"distill.mode={x.mode!r} is not known; use one of {', '.join(DISTILL_MODES)}")
+    _check(x.mode in ("off", "labels") or bool(x.teachers),
+           f"distill.mode={x.mode!r} needs teachers: --set distill.teachers=[RUN_DIR, ...]")
+    _check(x.temperature > 0, f"distill.temperature={x.temperature} must be positive")
+    _check(x.label_weight >= 0, f"distill.label_weight={x.label_weight} must be >= 0")
+    _check(x.mixup_alpha >= 0, f"distill.mixup_alpha={x.mixup_alpha} must be >= 0 (0: no mixup)")
+    _check(x.view_size is None or x.view_size > 0, f"distill.view_size={x.view_size} must be positive")
+    _check(x.mode == "off" or t.loss == "softmax_xent",
+           f"train.loss={t.loss!r}: distillation matches softmax distributions; use softmax_xent")
+    _check(x.mode == "off" or not (d.mixup_alpha or d.cutmix_alpha),
+           f"data.mixup_alpha={d.mixup_alpha}, data.cutmix_alpha={d.cutmix_alpha}: a distillation "
+           "run mixes the view its teachers see itself; set distill.mixup_alpha instead")
     _check(o.sam_rho >= 0, f"optim.sam_rho={o.sam_rho} must be >= 0 (0 turns SAM off)")
     _check(o.mu_dtype in (None, "float32", "bfloat16"),
            f"optim.mu_dtype={o.mu_dtype!r} is not known; use None, 'float32' or 'bfloat16'")

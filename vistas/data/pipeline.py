@@ -49,9 +49,10 @@ class _TrainBatches:
     """Global step k -> this process's slice of global batch k (thread-safe, pure in k)."""
 
     def __init__(self, source, transform, *, seed, global_batch_size, local_batch_size,
-                 process_index, shuffle):
+                 process_index, shuffle, extra_keys=()):
         self.source = source
         self.transform = transform
+        self.extra_keys = tuple(extra_keys)
         self.n = len(source)
         self.global_batch_size = global_batch_size
         self.b = local_batch_size
@@ -111,12 +112,20 @@ class _TrainBatches:
         else:
             indices = offsets
         source, transform = self.source, self.transform
-        images, labels = [], []
+        images, labels, extras = [], [], []
         for position, i in zip(range(start, start + self.b), indices.tolist(), strict=True):
             example = source[i]
             images.append(transform(example["image"], self.rng_at(position)))
             labels.append(example["label"])
-        return {"image": np.stack(images), "label": np.asarray(labels, np.int32)}
+            extras.append([example[k] for k in self.extra_keys])
+        if isinstance(images[0], dict):  # several views of each example (e.g. distillation)
+            batch = {k: np.stack([views[k] for views in images]) for k in images[0]}
+        else:
+            batch = {"image": np.stack(images)}
+        batch["label"] = np.asarray(labels, np.int32)
+        for j, k in enumerate(self.extra_keys):
+            batch[k] = np.stack([e[j] for e in extras])
+        return batch
 
 
 class TrainIterator:
@@ -202,6 +211,7 @@ def train_iterator(
     num_threads: int = 1,
     prefetch: int = 2,
     workers: int = 0,
+    extra_keys: tuple[str, ...] = (),
 ) -> TrainIterator:
     """Infinite, deterministic, resumable training batches for this process.
 
@@ -211,6 +221,9 @@ def train_iterator(
     (more contend for the GIL); image folders gain from more (PIL decodes without the GIL).
     `workers` > 0 prepares batches in that many processes instead (grain multiprocessing), for
     decoding and augmentation that need more than one core; the batches are the same.
+
+    A transform may return a dict of several views (each key becomes a batch entry, one of
+    them "image"); `extra_keys` are example fields stacked into the batch as they are.
     """
     b = _local_batch_size(global_batch_size, process_index, process_count)
     n = len(source)
@@ -222,7 +235,7 @@ def train_iterator(
 
     make_batch = _TrainBatches(
         source, transform, seed=seed, global_batch_size=global_batch_size, local_batch_size=b,
-        process_index=process_index, shuffle=shuffle)
+        process_index=process_index, shuffle=shuffle, extra_keys=extra_keys)
     ds = grain.MapDataset.range(sys.maxsize).map(make_batch)  # element k = global step k
     read_options = _read_options(num_threads, prefetch)
     fingerprint = {"seed": int(seed), "global_batch_size": int(global_batch_size),

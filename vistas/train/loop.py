@@ -36,7 +36,7 @@ from vistas.models import registry
 from vistas.optim import builder, schedules
 from vistas.systems import mesh as mesh_lib
 from vistas.systems import sharding
-from vistas.train import losses
+from vistas.train import distill, losses
 from vistas.train import step as step_lib
 from vistas.train.metrics import MetricsWriter, plot_curves, write_file
 
@@ -236,11 +236,12 @@ def _check_same_run(workdir: pathlib.Path, cfg: Config) -> None:
         return
     saved = json.loads(saved_path.read_text())
     now = cfg.to_dict()
+    defaults = Config().to_dict()  # a key the saved config lacks was added since, at its default
     diffs = []
     for section, values in now.items():
         for key, value in values.items():
             full = f"{section}.{key}"
-            old = saved.get(section, {}).get(key, "<absent>")
+            old = saved.get(section, {}).get(key, defaults[section][key])
             if full not in config_lib.NON_IDENTITY_KEYS and old != value:
                 diffs.append(f"{full}: {old!r} -> {value!r}")
     if diffs:
@@ -342,15 +343,21 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
         write_file(workdir / "config.json", cfg.to_json())
 
     d = cfg.data
+    train_source, extra_keys, distilling = exp.train_source, (), None
     aug = config_lib.augmentation(d)
     train_transform = transforms.make_train_transform(
         image_size=d.image_size, crop=d.crop, inception_area=d.inception_area, pad=d.pad,
         flip=d.flip, value_range=d.value_range,
         augment=randaugment.make(randaug_ops=aug["randaug_ops"], randaug_magnitude=aug["randaug_magnitude"],
                                  autoaugment=aug["autoaugment"]))
+    if distill.active(cfg):  # the distillation task: teachers, shared views, its evaluation
+        distilling = distill.setup(cfg, exp, workdir, mesh, resuming=latest is not None,
+                                   say=(lambda s: None) if quiet else print)
+        train_source, train_transform = distilling.train_source, distilling.train_transform
+        extra_keys = distilling.extra_keys
     data_it = pipeline.train_iterator(
-        exp.train_source, global_batch_size=d.batch_size, seed=t.seed, transform=train_transform,
-        process_index=jax.process_index(), process_count=jax.process_count(),
+        train_source, global_batch_size=d.batch_size, seed=t.seed, transform=train_transform,
+        process_index=jax.process_index(), process_count=jax.process_count(), extra_keys=extra_keys,
         workers=d.workers, prefetch=d.prefetch)
 
     params = exp.params
@@ -373,14 +380,15 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
         step_lib.make_train_step(
             exp.graphdef, exp.rest, exp.tx, losses.get(t.loss, t.label_smoothing), exp.lr_at,
             use_rng=registry.needs_rng(exp.model), sam_rho=cfg.optim.sam_rho, nonfinite=t.nonfinite,
-            mix=batch_mixing(cfg), num_classes=exp.num_classes, accum_steps=t.grad_accum_steps,
-            ema_decay=t.ema_decay,
+            mix=None if distilling else batch_mixing(cfg), num_classes=exp.num_classes,
+            accum_steps=t.grad_accum_steps, ema_decay=t.ema_decay,
             trainable=jax.tree.map(lambda label: label == builder.TRAIN,
-                                   builder.frozen_labels(exp.params, cfg.optim.frozen))),
+                                   builder.frozen_labels(exp.params, cfg.optim.frozen)),
+            task=distilling.task if distilling else None),
         out_shardings=(placement, None),
         donate_argnums=(0,) if jax.default_backend() != "cpu" else (),
     )
-    train_step = sharding.in_mesh(train_step, mesh)  # the models' activation layouts
+    frozen = (distilling.task.frozen,) if distilling else ()
     eval_step = jax.jit(step_lib.make_eval_step(exp.graphdef, exp.rest, loss_fn))
     fewshot_eval, fewshot_every = None, 0
     if cfg.fewshot.datasets:  # periodic few-shot evaluation of the frozen features
@@ -407,7 +415,7 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
         with _StopSignal() as stop:
             batch = next(data_it) if step < exp.total_steps else None
             while step < exp.total_steps:
-                state, metrics = train_step(state, mesh_lib.put_batch(batch, mesh))
+                state, metrics = train_step(state, mesh_lib.put_batch(batch, mesh), *frozen)
                 data_state = data_it.get_state()
                 batch = next(data_it) if step + 1 < exp.total_steps else None
                 loss = float(metrics["train/loss"])
@@ -428,6 +436,8 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
                     progress.update(step, f"loss {loss:.4f}", log_line=False)
                 if step % eval_every == 0 or step == exp.total_steps:
                     eval_results = evaluate_state(exp, state, mesh, eval_step)
+                    if distilling and distilling.evaluate is not None:
+                        eval_results.update(distilling.evaluate(state["params"]))
                     writer.write(step, eval_results)
                     if not quiet:
                         progress.print(f"step {step}: " + "  ".join(

@@ -21,6 +21,7 @@ from vistas.optim import sam
 
 State = dict[str, Any]
 MIX_STREAM = 0x6D6978  # the batch-mixing random stream (mixup / CutMix), apart from the model's
+TASK_STREAM = 0x7461736B  # the task's random stream (mixing weights), apart from the model's
 
 
 def init_state(params: Any, tx: optax.GradientTransformation, seed: int, *,
@@ -59,8 +60,14 @@ def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransfo
                     loss_fn: Callable, lr_fn: Callable, *, use_rng: bool, sam_rho: float = 0.0,
                     mix: Callable | None = None, num_classes: int = 0, accum_steps: int = 1,
                     ema_decay: float = 0.0,
-                    trainable: Any = None, nonfinite: str = "stop") -> Callable:
+                    trainable: Any = None, nonfinite: str = "stop", task: Any = None) -> Callable:
     """``step(state, batch) -> (state, metrics)``; metrics are scalars.
+
+    ``task`` (e.g. ``vistas.train.distill.Task``) replaces the supervised objective: the step
+    becomes ``step(state, batch, frozen)``; ``task.prepare(frozen, batch, key)`` turns the
+    batch into the student's (``frozen``: parameters that are not trained, such as
+    teachers'; ``key`` drawn from the state's RNG and step), ``task.loss(logits, batch)`` is
+    the per-example loss and ``task.metrics(logits, batch)`` adds metrics.
 
     ``train/finite`` is 1 when the loss, the gradients and the updated parameters are all
     finite. ``nonfinite="skip"``: a step where they are not keeps the previous parameters and
@@ -83,6 +90,8 @@ def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransfo
 
     def objective(params, batch, rng):
         logits, _ = nnx.merge(graphdef, params, rest)(batch["image"], rng=rng)
+        if task is not None:
+            return task.loss(logits, batch).mean(), logits
         return loss_fn(logits, batch["target"]).mean(), logits
 
     def loss_metrics_grads(params, batch, rng):
@@ -97,11 +106,15 @@ def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransfo
         (loss, logits), grads = grad_fn(params)
         metrics = {("train/prec@1" if batch["label"].ndim == 2 else "train/top1"):
                    jnp.mean(correct_at_1(logits, batch["label"]))}
+        if task is not None:
+            metrics.update(task.metrics(logits, batch))
         return loss, metrics, grads
 
-    def step(state: State, batch: dict) -> tuple[State, dict]:
+    def step(state: State, batch: dict, frozen: Any = None) -> tuple[State, dict]:
         step_rng = jax.random.fold_in(state["rng"], state["step"])
         rng = step_rng if use_rng else None
+        if task is not None:
+            batch = task.prepare(frozen, batch, jax.random.fold_in(step_rng, TASK_STREAM))
         batch = {**batch, "target": batch["label"]}
         if mix is not None:
             batch["image"], batch["target"] = mix(

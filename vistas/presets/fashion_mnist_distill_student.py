@@ -1,0 +1,25 @@
+"""The student of the distillation experiment (docs/distillation.md): a small ViT (patch 7,
+width 64, depth 2, MLP 128, 2 heads) distilled from a ``fashion_mnist_distill_teacher`` run
+by function matching (``distill.mode=consistent``: the teacher and the student see the same
+inception crop, flip and mixup).
+
+Command: ``vistas distill --preset fashion_mnist_distill_student --set
+distill.teachers=[runs/distill/teacher] --workdir runs/distill/consistent``.
+Runtime and result: measured in docs/distillation.md.
+"""
+
+from vistas.config import Config
+from vistas.presets import fashion_mnist_vit
+
+
+def config() -> Config:
+    cfg = fashion_mnist_vit.config()  # its data, optimizer and schedule, except:
+    cfg.data.crop, cfg.data.inception_area = "inception", (0.25, 1.0)
+    m = cfg.model
+    m.name, m.width, m.depth, m.mlp_dim, m.num_heads = "vit-mu/7", 64, 2, 128, 2
+    cfg.optim.lr, cfg.schedule.warmup = 3e-3, "5%"
+    x = cfg.distill
+    x.mode, x.temperature, x.mixup_alpha = "consistent", 1.0, 1.0
+    t = cfg.train
+    t.duration, t.eval_every, t.ckpt_every = 1000, 250, 250
+    return cfg

@@ -1,0 +1,453 @@
+"""Function-matching distillation: the distillation task of the training loop.
+
+"Knowledge distillation: a good teacher is patient and consistent" (Beyer et al., arXiv
+2106.05237): the student is trained to match the predictive distribution of one or more
+frozen teachers, ``T²·KL(p_teacher(x/T) ‖ p_student(x/T))``, on the views it sees. A run
+with ``distill.mode`` other than ``"off"`` is an ordinary run of ``loop.train`` whose step
+gets a :class:`Task`: inside the same jitted step the task builds the views, evaluates the
+teachers in inference mode and supplies the loss. ``distill.mode`` picks the views:
+
+- ``consistent`` (function matching): one augmented view (crop + flip) and mixup of the
+  whole batch, shared by teachers and student;
+- ``independent``: teachers and student get independently drawn crops (and flips) of the
+  same examples, mixed with the same weight;
+- ``fixed``: the teachers' logits on central crops, computed once and cached on disk by
+  example index; the student sees augmented views (mixed with the same weight as the cached
+  teacher distributions);
+- ``labels``: no teacher in the loss, the supervised baseline with the same views.
+
+Teachers are runs (work directories) of any family, loaded with ``loop.final_params``;
+an ensemble averages their probabilities. They are referenced by path and parameter
+checksum in ``teachers.json`` of the run, never stored in its checkpoints; resuming refuses
+when a teacher changed. The pipeline produces views of ``distill.view_size`` pixels (by
+default the largest of the student's and teachers' sizes) and each model gets them resized
+on the device to its own size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vistas.config import DISTILL_MODES, Config
+from vistas.data import mixing, pipeline, transforms
+from vistas.errors import ConfigError
+from vistas.systems import mesh as mesh_lib
+from vistas.train import losses
+
+MODES = DISTILL_MODES
+TEACHERS_FILE = "teachers.json"
+CACHE_FILE = "teacher_logits.npz"
+TEACHER_LOGITS = "teacher_logits"  # the per-example field of the cached logits (fixed mode)
+TEACHER_IMAGE = "teacher_image"  # the teachers' own view (independent mode)
+
+
+def active(cfg: Config) -> bool:
+    return cfg.distill.mode != "off"
+
+
+@dataclasses.dataclass
+class Teacher:
+    """A frozen teacher: how to rebuild it, what it expects, and its identity."""
+
+    workdir: str
+    step: int
+    checksum: str
+    graphdef: Any
+    rest: Any
+    image_size: int
+    channels: int
+    value_range: tuple[float, float]
+    num_classes: int
+    model: str
+
+    def record(self) -> dict:
+        return {"workdir": self.workdir, "step": self.step, "checksum": self.checksum,
+                "model": self.model, "image_size": self.image_size}
+
+
+def params_checksum(params: Any) -> str:
+    """sha256 over the parameters' paths, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(jax.device_get(params)),
+                             key=lambda kv: jax.tree_util.keystr(kv[0])):
+        a = np.asarray(leaf)
+        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}|".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def load_teachers(paths: list[str]) -> tuple[list[Teacher], list[Any]]:
+    """The teachers of ``paths`` (run directories; their latest checkpoints) and their
+    parameters, replicated on the data mesh."""
+    from vistas.train import loop
+
+    teachers, params = [], []
+    for path in paths:
+        exp, p, step = loop.final_params(path)
+        d = exp.cfg.data
+        teachers.append(Teacher(
+            workdir=str(path), step=int(step), checksum=params_checksum(p), graphdef=exp.graphdef,
+            rest=exp.rest, image_size=d.image_size, channels=d.channels,
+            value_range=tuple(d.value_range), num_classes=exp.num_classes, model=exp.cfg.model.name))
+        params.append(p)
+    return teachers, params
+
+
+def check_teachers(cfg: Config, teachers: list[Teacher], num_classes: int) -> None:
+    for t in teachers:
+        if t.num_classes != num_classes:
+            raise ConfigError(f"distill.teachers: {t.workdir} predicts {t.num_classes} classes, "
+                              f"the student {num_classes}; use a teacher of the same classes")
+        if t.channels != cfg.data.channels:
+            raise ConfigError(f"distill.teachers: {t.workdir} takes {t.channels}-channel images, "
+                              f"the student data.channels={cfg.data.channels}")
+
+
+def check_resume(workdir: pathlib.Path, teachers: list[Teacher]) -> None:
+    """Refuses to resume a run whose teachers changed since it started."""
+    path = workdir / TEACHERS_FILE
+    if not path.exists():
+        raise ConfigError(f"{workdir} holds a distillation checkpoint but no {TEACHERS_FILE}; "
+                          "cannot check its teachers; use a new --workdir")
+    saved = json.loads(path.read_text())
+    for old, new in zip(saved, teachers, strict=False):
+        if old["checksum"] != new.checksum or old["workdir"] != new.workdir:
+            raise ConfigError(
+                f"teacher {new.workdir} changed since this run started (checksum "
+                f"{old['checksum'][:12]} at step {old['step']} -> {new.checksum[:12]} at step "
+                f"{new.step}); resuming would distil a different function; use a new --workdir")
+
+
+def write_teachers(workdir: pathlib.Path, teachers: list[Teacher]) -> None:
+    tmp = workdir / (TEACHERS_FILE + ".tmp")
+    tmp.write_text(json.dumps([t.record() for t in teachers], indent=2))
+    tmp.replace(workdir / TEACHERS_FILE)
+
+
+def view_size(cfg: Config, teachers: list[Teacher]) -> int:
+    return cfg.distill.view_size or max([cfg.data.image_size, *(t.image_size for t in teachers)])
+
+
+def _resize(images: jax.Array, size: int) -> jax.Array:
+    """[B, H, W, C] -> [B, size, size, C], bilinear (antialiased when shrinking)."""
+    b, h, w, c = images.shape
+    if (h, w) == (size, size):
+        return images
+    return jax.image.resize(images, (b, size, size, c), "bilinear")
+
+
+def _to_range(images: jax.Array, src: tuple[float, float], dst: tuple[float, float]) -> jax.Array:
+    if tuple(src) == tuple(dst):
+        return images
+    return (images - src[0]) * ((dst[1] - dst[0]) / (src[1] - src[0])) + dst[0]
+
+
+def teacher_logits(teachers: list[Teacher], value_range: tuple[float, float]) -> Callable:
+    """``fn(params_list, images) -> [n_teachers, B, K]`` float32 logits, each teacher in
+    inference mode on ``images`` (a view in ``value_range``) resized to its own size."""
+
+    def fn(params_list: list, images: jax.Array) -> jax.Array:
+        out = []
+        for t, p in zip(teachers, params_list, strict=True):
+            x = _to_range(_resize(images, t.image_size), value_range, t.value_range)
+            logits, _ = nnx.merge(t.graphdef, p, t.rest)(x)
+            out.append(jax.lax.stop_gradient(logits).astype(jnp.float32))
+        return jnp.stack(out)
+
+    return fn
+
+
+def ensemble_probs(logits: jax.Array, temperature: float) -> jax.Array:
+    """[n, B, K] teacher logits -> [B, K] mean of their softmax at ``temperature``."""
+    return jnp.mean(jax.nn.softmax(logits / temperature, axis=-1), axis=0)
+
+
+def kl_loss(student_logits: jax.Array, teacher_probs: jax.Array, temperature: float) -> jax.Array:
+    """Per-example ``T²·KL(teacher_probs ‖ softmax(student_logits / T))``, [B]."""
+    log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+    p = teacher_probs.astype(jnp.float32)
+    kl = jnp.sum(jax.scipy.special.xlogy(p, p) - p * log_q, axis=-1)
+    return temperature**2 * kl
+
+
+@dataclasses.dataclass
+class Task:
+    """The distillation task handed to the train step.
+
+    ``prepare(frozen, batch, key) -> batch`` runs inside the jitted step before the student:
+    it mixes the views, evaluates the teachers (``frozen`` is the list of their parameters)
+    and returns the student's ``image``, the dominant ``label``, the mixed one-hot
+    ``soft_label`` and, unless ``mode == "labels"``, the ``teacher_probs``.
+    ``loss(logits, batch) -> [B]`` is the per-example objective.
+    """
+
+    mode: str
+    temperature: float
+    label_weight: float
+    mixup_alpha: float
+    num_classes: int
+    student_size: int
+    teachers: list[Teacher]
+    frozen: list[Any]
+    value_range: tuple[float, float]
+    label_loss: Callable = losses.softmax_xent
+
+    def __post_init__(self):
+        self._teacher_fn = teacher_logits(self.teachers, self.value_range)
+
+    def prepare(self, frozen: list, batch: dict, key: jax.Array) -> dict:
+        images = batch["image"]
+        onehot = mixing.one_hot_targets(batch["label"], self.num_classes)
+        out: dict[str, jax.Array] = {}
+        if self.mode == "fixed":
+            probs = ensemble_probs(jnp.moveaxis(batch[TEACHER_LOGITS], 1, 0), self.temperature)
+            k = self.num_classes
+            images, both = mixing.mixup(key, images, jnp.concatenate([onehot, probs], -1),
+                                        self.mixup_alpha)
+            onehot, out["teacher_probs"] = both[:, :k], both[:, k:]
+        else:
+            student_images, mixed = mixing.mixup(key, images, onehot, self.mixup_alpha)
+            if self.mode == "independent":  # the same key: the same mixing weight
+                teacher_images, _ = mixing.mixup(key, batch[TEACHER_IMAGE], onehot, self.mixup_alpha)
+            else:
+                teacher_images = student_images
+            images, onehot = student_images, mixed
+            if self.mode != "labels":
+                logits = self._teacher_fn(frozen, teacher_images)
+                out["teacher_probs"] = ensemble_probs(logits, self.temperature)
+                out["teacher_image"] = teacher_images
+        out["view"] = images
+        out["image"] = _resize(images, self.student_size)
+        out["soft_label"] = onehot
+        out["label"] = jnp.argmax(onehot, axis=-1)
+        return out
+
+    def loss(self, logits: jax.Array, batch: dict) -> jax.Array:
+        label_loss = self.label_loss(logits, batch["soft_label"])
+        if self.mode == "labels":
+            return label_loss
+        loss = kl_loss(logits, batch["teacher_probs"], self.temperature)
+        if self.label_weight:
+            loss = loss + self.label_weight * label_loss
+        return loss
+
+    def metrics(self, logits: jax.Array, batch: dict) -> dict:
+        if "teacher_probs" not in batch:
+            return {}
+        agree = jnp.argmax(logits, -1) == jnp.argmax(batch["teacher_probs"], -1)
+        return {"train/agreement": jnp.mean(agree.astype(jnp.float32)),
+                "train/kl": jnp.mean(kl_loss(logits, batch["teacher_probs"], 1.0))}
+
+
+def make_task(cfg: Config, teachers: list[Teacher], frozen: list, num_classes: int) -> Task:
+    return Task(mode=cfg.distill.mode, temperature=cfg.distill.temperature,
+                label_weight=cfg.distill.label_weight, mixup_alpha=cfg.distill.mixup_alpha,
+                num_classes=num_classes, student_size=cfg.data.image_size, teachers=teachers,
+                frozen=frozen, value_range=tuple(cfg.data.value_range))
+
+
+# ----------------------------------------------------------------------------- views
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoViews:
+    """Two independently drawn augmentations of one image (independent mode): the student's
+    view (the first draw, the same as the single view of the other modes) and the teachers'."""
+
+    transform: Callable
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> dict:
+        student = self.transform(image, rng)
+        return {"image": student, TEACHER_IMAGE: self.transform(image, rng)}
+
+
+class WithTeacherLogits:
+    """A training source whose examples carry the cached teacher logits (fixed mode)."""
+
+    def __init__(self, source, logits: np.ndarray):
+        self.source = source
+        self.logits = logits  # [N, n_teachers, K]
+        self.num_classes = source.num_classes
+        self.image_shape = getattr(source, "image_shape", None)
+        self.multi_label = getattr(source, "multi_label", False)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.source[i], TEACHER_LOGITS: self.logits[i]}
+
+
+def train_transform(cfg: Config, size: int) -> Callable:
+    d = cfg.data
+    t = transforms.make_train_transform(image_size=size, crop=d.crop, inception_area=d.inception_area,
+                                        pad=d.pad, flip=d.flip, value_range=d.value_range)
+    return TwoViews(t) if cfg.distill.mode == "independent" else t
+
+
+def eval_transform(cfg: Config, size: int) -> Callable:
+    return transforms.make_eval_transform(image_size=size, crop_fraction=cfg.data.eval_crop_fraction,
+                                          value_range=cfg.data.value_range)
+
+
+# ----------------------------------------------------------------------------- fixed teacher
+
+
+def _all_logits(source, teachers: list[Teacher], frozen: list, cfg: Config, size: int, mesh) -> np.ndarray:
+    """[len(source), n_teachers, K] teacher logits on central crops of every example."""
+    fn = jax.jit(teacher_logits(teachers, tuple(cfg.data.value_range)))
+    out = []
+    for batch in pipeline.eval_batches(source, global_batch_size=cfg.data.eval_batch_size,
+                                       transform=eval_transform(cfg, size)):
+        images = mesh_lib.put_batch({"image": batch["image"]}, mesh)["image"]
+        logits = np.asarray(jax.device_get(fn(frozen, images)))  # [n, b, K]
+        out.append(np.moveaxis(logits, 0, 1)[batch["mask"]])
+    return np.concatenate(out).astype(np.float32)
+
+
+def cache_key(cfg: Config, teachers: list[Teacher], size: int, num_examples: int) -> dict:
+    """What the cached logits depend on: teachers, view, and which training examples."""
+    d = cfg.data
+    return {"teachers": [t.record() for t in teachers], "view_size": size,
+            "eval_crop_fraction": d.eval_crop_fraction, "value_range": list(d.value_range),
+            "dataset": d.dataset, "path": d.path, "train_split": d.train_split,
+            "num_train_examples": d.num_train_examples,
+            "subset_seed": cfg.train.seed if d.num_train_examples else None,
+            "num_examples": num_examples}
+
+
+def fixed_logits(source, teachers: list[Teacher], frozen: list, cfg: Config, size: int, mesh,
+                 cache_dir: pathlib.Path) -> tuple[np.ndarray, bool]:
+    """The cached teacher logits of every training example, ``([N, n_teachers, K], reused)``:
+    read from ``cache_dir/teacher_logits.npz`` when its key matches, computed and written
+    otherwise (a changed teacher, resolution or training set invalidates the cache)."""
+    key = json.dumps(cache_key(cfg, teachers, size, len(source)), sort_keys=True)
+    path = cache_dir / CACHE_FILE
+    if path.exists():
+        with np.load(path) as f:
+            if str(f["key"]) == key:
+                return f["logits"], True
+    logits = _all_logits(source, teachers, frozen, cfg, size, mesh)
+    if jax.process_index() == 0:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache_dir / (CACHE_FILE + ".tmp.npz")
+        np.savez(tmp, key=np.asarray(key), logits=logits)
+        tmp.replace(path)
+    return logits, False
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+class Evaluator:
+    """Per eval split: teacher top-1 (the teachers' logits are computed once and kept),
+    student-teacher top-1 agreement and ``KL(teacher ‖ student)`` at temperature 1."""
+
+    def __init__(self, cfg: Config, exp: Any, teachers: list[Teacher], frozen: list, size: int, mesh):
+        self.cfg, self.exp, self.frozen, self.size, self.mesh = cfg, exp, frozen, size, mesh
+        self._teacher_fn = jax.jit(teacher_logits(teachers, tuple(cfg.data.value_range)))
+        student_size = cfg.data.image_size
+
+        def student(params, images):
+            x = _resize(images, student_size)
+            return nnx.merge(exp.graphdef, params, exp.rest)(x)[0].astype(jnp.float32)
+
+        self._student_fn = jax.jit(student)
+        self._teacher_probs: dict[str, list[np.ndarray]] = {}
+        self._teacher_top1: dict[str, float] = {}
+
+    def _batches(self, source):
+        return pipeline.eval_batches(
+            source, global_batch_size=self.cfg.data.eval_batch_size, transform=eval_transform(self.cfg, self.size),
+            process_index=jax.process_index(), process_count=jax.process_count())
+
+    def __call__(self, params: Any) -> dict[str, float]:
+        results: dict[str, float] = {}
+        for split, source in self.exp.eval_sources.items():
+            first = split not in self._teacher_probs
+            cached = self._teacher_probs.setdefault(split, [])
+            agree = kl = count = correct = 0.0
+            for i, batch in enumerate(self._batches(source)):
+                images = mesh_lib.put_batch({"image": batch["image"]}, self.mesh)["image"]
+                if first:
+                    probs = np.asarray(ensemble_probs(self._teacher_fn(self.frozen, images), 1.0))
+                    cached.append(probs)
+                probs = cached[i]
+                student = self._student_fn(params, images)
+                mask = batch["mask"].astype(np.float64)
+                s_pred = np.asarray(jnp.argmax(student, -1))
+                t_pred = probs.argmax(-1)
+                agree += float(np.sum((s_pred == t_pred) * mask))
+                kl += float(np.sum(np.asarray(kl_loss(student, probs, 1.0), np.float64) * mask))
+                correct += float(np.sum((t_pred == batch["label"]) * mask))
+                count += float(mask.sum())
+            if first:
+                self._teacher_top1[split] = correct / count
+            results[f"eval/{split}/teacher_top1"] = self._teacher_top1[split]
+            results[f"eval/{split}/agreement"] = agree / count
+            results[f"eval/{split}/kl"] = kl / count
+        return results
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+@dataclasses.dataclass
+class Setup:
+    """What the loop needs from the distillation task."""
+
+    task: Task
+    train_source: Any
+    train_transform: Callable
+    evaluate: Callable[[Any], dict[str, float]] | None
+    extra_keys: tuple[str, ...]
+
+
+def setup(cfg: Config, exp: Any, workdir: pathlib.Path, mesh: Any, *, resuming: bool,
+          say: Callable[[str], None] = print) -> Setup:
+    """Loads and checks the teachers, records them in ``workdir`` (or, when resuming, checks
+    that they did not change), and builds the task, views and evaluator of ``cfg.distill``."""
+    if getattr(exp.train_source, "multi_label", False):
+        raise ConfigError("distill.mode needs a single-label dataset; "
+                          f"{cfg.data.dataset} is multi-label")
+    teachers, frozen = load_teachers(cfg.distill.teachers)
+    check_teachers(cfg, teachers, exp.num_classes)
+    if resuming:
+        check_resume(workdir, teachers)
+    elif jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_teachers(workdir, teachers)
+    size = view_size(cfg, teachers)
+    source, extra = exp.train_source, ()
+    if cfg.distill.mode == "fixed":
+        cache_dir = pathlib.Path(cfg.distill.cache_dir or workdir)
+        logits, reused = fixed_logits(exp.train_source, teachers, frozen, cfg, size, mesh, cache_dir)
+        say(f"teacher logits of {len(logits):,} examples {'read from' if reused else 'written to'} "
+            f"{cache_dir / CACHE_FILE}")
+        source, extra = WithTeacherLogits(exp.train_source, logits), (TEACHER_LOGITS,)
+    task = make_task(cfg, teachers, frozen, exp.num_classes)
+    evaluator = Evaluator(cfg, exp, teachers, frozen, size, mesh) if teachers else None
+    return Setup(task, source, train_transform(cfg, size), evaluator, extra)
+
+
+def distill(cfg: Config, workdir: str | pathlib.Path, **kw) -> dict[str, Any]:
+    """Trains (or resumes) the distillation run ``cfg`` in ``workdir``; see ``loop.train``."""
+    from vistas.train import loop
+
+    if not active(cfg):
+        raise ConfigError("distill.mode='off'; set it to one of " + ", ".join(MODES[1:]))
+    return loop.train(cfg, workdir, **kw)
+
+
+__all__ = ["MODES", "Task", "distill", "ensemble_probs", "fixed_logits", "kl_loss", "params_checksum",
+           "setup"]
