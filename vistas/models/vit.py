@@ -36,6 +36,7 @@ import numpy as np
 from flax import nnx
 
 from vistas.errors import ConfigError
+from vistas.systems import sharding
 
 # width, depth, mlp_dim, num_heads
 SIZES: dict[str, tuple[int, int, int, int]] = {
@@ -246,6 +247,21 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
+# Activation layouts under a device mesh (``jax.set_mesh``; no-ops without one): the batch
+# split over the data and FSDP axes, attention heads and MLP hidden units over ``model``
+# (the ViT-22B paper's tensor parallelism), the residual stream whole on each device.
+def _tokens(x: jax.Array) -> jax.Array:  # [B, N, D]
+    return sharding.constrain(x, sharding.BATCH, None, None)
+
+
+def _heads(x: jax.Array) -> jax.Array:  # [B, N, H, Dh]
+    return sharding.constrain(x, sharding.BATCH, None, "model", None)
+
+
+def _hidden(x: jax.Array) -> jax.Array:  # [B, N, M]
+    return sharding.constrain(x, sharding.BATCH, None, "model")
+
+
 class Attention(nnx.Module):
     """Multi-head dot-product attention with per-head query/key/value kernels [D, H, Dh]."""
 
@@ -263,12 +279,12 @@ class Attention(nnx.Module):
         self.qk_norm = cfg.qk_norm
 
     def __call__(self, q_in: jax.Array, kv_in: jax.Array) -> jax.Array:
-        q = self.query(q_in)  # [B, Nq, H, Dh]
-        k = self.key(kv_in)  # [B, Nk, H, Dh]
-        v = self.value(kv_in)
+        q = _heads(self.query(q_in))  # [B, Nq, H, Dh]
+        k = _heads(self.key(kv_in))  # [B, Nk, H, Dh]
+        v = _heads(self.value(kv_in))
         if self.qk_norm:
             q, k = self.query_norm(q), self.key_norm(k)
-        return self.out(attend(q, k, v))
+        return _tokens(self.out(attend(q, k, v)))
 
 
 class MLP(nnx.Module):
@@ -280,8 +296,8 @@ class MLP(nnx.Module):
         self.approximate = cfg.gelu == "tanh"
 
     def __call__(self, x: jax.Array, rate: float = 0.0, rng: jax.Array | None = None) -> jax.Array:
-        x = jax.nn.gelu(self.fc1(x), approximate=self.approximate)
-        return self.fc2(dropout(x, rate, rng))
+        x = jax.nn.gelu(_hidden(self.fc1(x)), approximate=self.approximate)
+        return _tokens(self.fc2(dropout(x, rate, rng)))
 
 
 class EncoderBlock(nnx.Module):
@@ -301,7 +317,7 @@ class EncoderBlock(nnx.Module):
         y = self.norm1(x)
         x = x + drop_path(dropout(self.attn(y, y), self.rate, r1), path_rate, p1)
         y = self.mlp(self.norm2(x), self.rate, r2)
-        return x + drop_path(dropout(y, self.rate, r3), path_rate, p2)
+        return _tokens(x + drop_path(dropout(y, self.rate, r3), path_rate, p2))
 
 
 class ParallelBlock(nnx.Module):
@@ -319,7 +335,7 @@ class ParallelBlock(nnx.Module):
         p1, _ = _path_rngs(rng)
         y = self.norm(x)
         y = self.attn(y, y) + self.mlp(y, self.rate, r2)
-        return x + drop_path(dropout(y, self.rate, r3), path_rate, p1)
+        return _tokens(x + drop_path(dropout(y, self.rate, r3), path_rate, p1))
 
 
 class FusedIn(nnx.Module):
@@ -373,7 +389,7 @@ class FusedParallelBlock(nnx.Module):
         h, dh = cfg.num_heads, cfg.head_dim
         y = self.norm(x)
         kernel = self.in_proj.kernel[...].astype(y.dtype)
-        z = y @ kernel  # [B, N, 3·H·Dh + M]
+        z = _hidden(y @ kernel)  # [B, N, 3·H·Dh + M]
         bias = self.in_proj.bias[...].astype(z.dtype)
         if not cfg.qkv_bias:
             bias = jnp.concatenate([jnp.zeros((3 * h * dh,), z.dtype), bias])
@@ -384,7 +400,7 @@ class FusedParallelBlock(nnx.Module):
             q, k = self.query_norm(q), self.key_norm(k)
         a = attend(q, k, v).reshape(b, n, h * dh)
         y = self.out_proj(jnp.concatenate([a, dropout(hidden, cfg.dropout, r2)], axis=-1))
-        return x + drop_path(dropout(y, cfg.dropout, r3), path_rate, p1)
+        return _tokens(x + drop_path(dropout(y, cfg.dropout, r3), path_rate, p1))
 
 
 def block_class(cfg: ViTConfig) -> type[nnx.Module]:

@@ -23,8 +23,9 @@ second moments, Shampoo statistics) is placed by ``"fsdp"`` on its own shape.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -51,6 +52,41 @@ DEFAULT_RULES: list[tuple[str, Any]] = [
     (r".*out_proj/kernel", ("model", "fsdp")),  # [HDh + M, D]
     (r".*", "fsdp"),
 ]
+
+
+BATCH = ("data", "fsdp")  # activations' batch dimension is split over these
+
+
+def constrain(x: jax.Array, *spec: Any) -> jax.Array:
+    """``x`` constrained to ``spec`` (one entry per dimension: an axis name, a tuple of axis
+    names, or None) on the mesh set by ``jax.set_mesh``; a no-op without one. Axes the mesh
+    lacks, of size 1, or that do not divide their dimension are dropped, so models call it
+    unconditionally (activation layouts for FSDP and tensor parallelism)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    entries = []
+    for size, entry in zip(x.shape, spec, strict=True):
+        names = tuple(a for a in ((entry,) if isinstance(entry, str) else entry or ())
+                      if a in mesh.axis_names and mesh.shape[a] > 1)
+        if names and size % math.prod(mesh.shape[a] for a in names):
+            names = ()
+        entries.append(names if len(names) > 1 else (names[0] if names else None))
+    if not any(entries):
+        return x
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(*entries))
+
+
+def in_mesh(fn: Callable, mesh: Mesh) -> Callable:
+    """``fn`` (a jitted step) called with ``mesh`` set (``jax.set_mesh``), so that the
+    activation constraints of the models (``constrain``) apply when it is traced."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with jax.set_mesh(mesh):
+            return fn(*args, **kwargs)
+
+    return call
 
 
 def mesh_shape(data: int = -1, fsdp: int = 1, model: int = 1, *, num_devices: int | None = None

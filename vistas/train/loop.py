@@ -389,6 +389,7 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
         donate_argnums=(0,) if jax.default_backend() != "cpu" else (),
     )
     frozen = (distilling.task.frozen,) if distilling else ()
+    train_step = sharding.in_mesh(train_step, mesh)  # the models' activation layouts
     eval_step = jax.jit(step_lib.make_eval_step(exp.graphdef, exp.rest, loss_fn))
     fewshot_eval, fewshot_every = None, 0
     if cfg.fewshot.datasets:  # periodic few-shot evaluation of the frozen features
