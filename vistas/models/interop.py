@@ -24,6 +24,7 @@ import dataclasses
 import json
 import pathlib
 import re
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -88,8 +89,11 @@ def detect_format(path: str | pathlib.Path) -> str:
     if p.suffix == ".safetensors":
         return "timm"
     if p.suffix == ".npz":
-        with np.load(p, allow_pickle=False) as z:
-            return "vistas" if _VISTAS_META in z.files else "big_vision"
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                return "vistas" if _VISTAS_META in z.files else "big_vision"
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise VistasError(f"cannot read {p} as .npz: {e}") from None
     raise VistasError(f"cannot tell the format of {p}: expected a .npz (big_vision or vistas), "
                       ".safetensors (timm) file or a run directory")
 

@@ -180,9 +180,13 @@ def soak(preset: str, overrides: list[str], workdir: str | pathlib.Path, *, kill
         base = max(start, last_logged_step(run / "metrics.jsonl"))  # rows past `start` are redone
         ready = _moment(mode, rng, run, base, total, kills - len(done))
         killed = _kill_when(proc, ready, timeout)
-        if done:  # the session that just ran had to resume from the last complete checkpoint
-            m = re.search(r"resuming at step (\d+)", log.read_text())
-            done[-1].resumed_at = int(m.group(1)) if m else 0
+        # the session that just ran had to resume from the last complete checkpoint (one
+        # killed while starting may not have said where; the next one that does answers)
+        m = re.search(r"resuming at step (\d+)|starting\b", log.read_text())
+        if m:
+            for k in done:
+                if k.resumed_at is None:
+                    k.resumed_at = int(m.group(1) or 0)
         if not killed:
             if proc.returncode != 0:
                 raise VistasError(f"soak: session {session} failed (status {proc.returncode}); "
