@@ -126,8 +126,10 @@ def test_invalid_train_options(kwargs, match):
 
 
 def test_invalid_eval_options():
-    with pytest.raises(DataError, match=r"crop_fraction must lie in \(0, 1\]"):
+    with pytest.raises(DataError, match=r"crop_fraction must lie in \[0.05, 1\]"):
         T.make_eval_transform(image_size=28, crop_fraction=1.5)
+    with pytest.raises(DataError, match=r"crop_fraction must lie in \[0.05, 1\], got 1e-23"):
+        T.make_eval_transform(image_size=28, crop_fraction=1e-23)  # would ask for a 10^24-pixel side
     with pytest.raises(DataError, match="lo < hi"):
         T.make_eval_transform(image_size=28, value_range=(0, 0))
 

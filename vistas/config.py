@@ -471,7 +471,7 @@ def validate(cfg: Config) -> None:
     lo, hi = d.inception_area
     _check(0 < lo <= hi <= 1, f"data.inception_area={d.inception_area} must satisfy 0 < lo <= hi <= 1")
     _check(d.value_range[0] < d.value_range[1], f"data.value_range={d.value_range} must be (lo, hi) with lo < hi")
-    _check(0 < d.eval_crop_fraction <= 1, f"data.eval_crop_fraction={d.eval_crop_fraction} must be in (0, 1]")
+    _check(0.05 <= d.eval_crop_fraction <= 1, f"data.eval_crop_fraction={d.eval_crop_fraction} must be in [0.05, 1]")
     _check(d.num_train_examples is None or d.num_train_examples > 0,
            f"data.num_train_examples={d.num_train_examples} must be positive")
     _check(d.randaug_ops >= 0, f"data.randaug_ops={d.randaug_ops} must be >= 0 (0: off)")

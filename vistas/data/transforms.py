@@ -246,6 +246,11 @@ class EvalTransform:
         return _scale(image, self.table)
 
 
+# The smallest eval crop fraction: the short side is resized to image_size / fraction, so a
+# tiny fraction would ask for an enormous image.
+MIN_CROP_FRACTION = 0.05
+
+
 def make_eval_transform(
     *,
     image_size: int,
@@ -256,8 +261,8 @@ def make_eval_transform(
     central image_size crop, scale [0, 255] to `value_range`.
     """
     _check_common(image_size, value_range)
-    if not isinstance(crop_fraction, (int, float)) or not 0.0 < crop_fraction <= 1.0:
-        raise DataError(f"crop_fraction must lie in (0, 1], got {crop_fraction!r}")
+    if not isinstance(crop_fraction, (int, float)) or not MIN_CROP_FRACTION <= crop_fraction <= 1.0:
+        raise DataError(f"crop_fraction must lie in [{MIN_CROP_FRACTION}, 1], got {crop_fraction!r}")
     value_range = (float(value_range[0]), float(value_range[1]))
     return EvalTransform(image_size=int(image_size), crop_fraction=float(crop_fraction),
                          value_range=value_range, table=_scale_table(value_range))

@@ -334,7 +334,7 @@ def fixed_logits(source, teachers: list[Teacher], frozen: list, cfg: Config, siz
     key = json.dumps(cache_key(cfg, teachers, size, len(source)), sort_keys=True)
     path = cache_dir / CACHE_FILE
     if path.exists():
-        with np.load(path) as f:
+        with np.load(path, allow_pickle=False) as f:
             if str(f["key"]) == key:
                 return f["logits"], True
     logits = _all_logits(source, teachers, frozen, cfg, size, mesh)
