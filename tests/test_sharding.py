@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 from vistas.errors import ConfigError
 from vistas.models import create
 from vistas.optim import adafactor
-from vistas.systems import sharding
+from vistas.systems import shapefind, sharding
 
 MESH_42 = AbstractMesh((1, 4, 2), sharding.AXES)  # fsdp=4, model=2
 
@@ -184,3 +184,84 @@ def test_data_fsdp_tensor_and_2d_parallel_training_give_the_same_losses(tmp_path
     assert r["fsdp"]["param_bytes_per_device"] < whole / 4
     assert r["model"]["param_bytes_per_device"] < whole * 0.8
     assert r["2d"]["param_bytes_per_device"] < whole / 2
+
+
+# --- shapefinder --------------------------------------------------------------------------------
+
+TINY = ["model.width=32", "model.depth=1", "model.mlp_dim=64", "model.num_heads=2"]
+
+
+def tiny_cfg(**kw):
+    return shapefind.shapefind_config("vit-Ti/8", image_size=32, overrides=TINY, **kw)
+
+
+@pytest.fixture(scope="module")
+def one_device():
+    return sharding.make_mesh(devices=jax.devices()[:1])
+
+
+def test_step_memory_counts_the_state_and_grows_with_the_batch(one_device):
+    cfg = tiny_cfg(optimizer="adam")
+    small, big = (shapefind.step_memory(cfg, 10, one_device, b) for b in (4, 16))
+    params = vit_like_param_bytes(cfg)
+    assert small.params == big.params == params
+    assert 2 * params <= small.optimizer <= 2 * params + 64  # m and v, a count and the RNG
+    assert small.batch == 4 * (32 * 32 * 3 * 4 + 4)  # float32 images and int32 labels
+    assert big.temporaries > small.temporaries > 0
+    assert big.peak > small.peak >= small.params + small.optimizer + small.temporaries
+
+
+def vit_like_param_bytes(cfg):
+    from vistas.train import loop
+
+    model = nnx.eval_shape(lambda: loop.build_model(cfg, 10))
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def test_find_batch_returns_the_largest_batch_within_the_budget(one_device):
+    cfg = tiny_cfg(optimizer="sgd")
+    budget = shapefind.step_memory(cfg, 10, one_device, 40).peak + 1000
+    found = shapefind.find_batch(cfg, 10, one_device, budget, probe=8)
+    best = found.fits
+    assert best is not None and best.batch_per_device == found.batch_per_device >= 40
+    assert best.peak <= budget
+    assert shapefind.step_memory(cfg, 10, one_device, found.batch_per_device + 1).peak > budget
+    assert len(found.tried) <= 6  # two probes, then the law's guess and a few steps down
+    assert shapefind.find_batch(cfg, 10, one_device, 1000).batch_per_device == 0  # nothing fits
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: shapefind.parse_mesh("data=2,tensor=4"), "'tensor=4' is not AXIS=SIZE"),
+    (lambda: shapefind.parse_mesh("data=two"), "--mesh data='two' is not an integer"),
+    (lambda: shapefind.budget_bytes("h900", None, 0.9), "--device='h900' is not known"),
+    (lambda: shapefind.budget_bytes(None, 0, 0.9), "--budget-bytes=0 must be positive"),
+    (lambda: shapefind.ladder("nfnet-F0"), "--diagonal needs a ViT name"),
+    (lambda: shapefind.run("vit-B/16", diagonal=True), "--diagonal needs --batch"),
+])
+def test_shapefind_input_errors(call, message):
+    with pytest.raises(ConfigError) as e:
+        call()
+    assert message in str(e.value)
+
+
+def test_ladder_and_budgets():
+    assert shapefind.ladder("vit-L/14") == ["vit-L/14", "vit-H/14", "vit-g/14", "vit-G/14", "vit-e/14",
+                                            "vit-22B/14"]
+    assert shapefind.budget_bytes("tpu-v4", None, 0.5) == 16 * 2**30
+    assert shapefind.parse_mesh("data=2, model=4") == {"data": 2, "model": 4}
+
+
+@pytest.mark.slow
+def test_shapefind_cli_on_a_simulated_mesh():
+    """The command simulates the mesh's devices itself: 4 here, FSDP over all of them."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    base = [sys.executable, "-m", "vistas.cli", "shapefind", "--model", "vit-Ti/8", "--image-size", "32",
+            "--num-classes", "10", "--budget-bytes", str(64 * 2**20), "--json", "--set", *TINY]
+    one = subprocess.run(base + ["--batch", "8"], env=env, capture_output=True, text=True, timeout=300)
+    four = subprocess.run(base + ["--batch", "8", "--mesh", "data=1,fsdp=4"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert one.returncode == 0 and four.returncode == 0, (one.stderr[-2000:], four.stderr[-2000:])
+    a, b = json.loads(one.stdout), json.loads(four.stdout)
+    assert b["mesh"] == {"data": 1, "fsdp": 4, "model": 1} and a["batch_per_device"] == 8
+    ra, rb = a["candidates"][0], b["candidates"][0]
+    assert rb["params"] * 4 <= ra["params"] * 1.1 and rb["optimizer"] < ra["optimizer"] / 2

@@ -25,6 +25,7 @@ from vistas import checkpoint as ckpt_lib
 from vistas import cli
 from vistas import config as config_lib
 from vistas.errors import ConfigError, VistasError
+from vistas.systems import flops
 from vistas.systems import mesh as mesh_lib
 from vistas.train import loop, losses
 from vistas.train import step as step_lib
@@ -199,6 +200,9 @@ def test_smoke_run_learns_and_writes_its_outputs(smoke_run):
     for r in rows:
         assert {"train/loss", "train/lr", "train/examples_per_sec", "train/top1"} <= set(r)
         assert r["train/examples_per_sec"] > 0 and np.isfinite(r["train/loss"])
+        # compute accounting from the compiled step: FLOPs near the analytic 3 x forward count
+        assert r["train/flops_per_step"] == pytest.approx(flops.analytic_step_flops(smoke(), 10), rel=0.5)
+        assert r["train/mfu"] > 0 and r["train/devices"] == 1
     assert rows[-1]["train/loss"] < rows[0]["train/loss"] < 2.4
     assert rows[0]["train/lr"] > rows[-1]["train/lr"]  # cosine decay after warmup
     evals = [r for r in read_metrics(workdir / "metrics.jsonl") if TOP1 in r]

@@ -35,7 +35,7 @@ from vistas.evaluate import calibration
 from vistas.models import registry
 from vistas.optim import builder, schedules
 from vistas.systems import mesh as mesh_lib
-from vistas.systems import sharding
+from vistas.systems import mfu, sharding
 from vistas.train import distill, losses
 from vistas.train import step as step_lib
 from vistas.train.metrics import MetricsWriter, plot_curves, write_file
@@ -376,7 +376,7 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
     start = int(state["step"])
 
     loss_fn = losses.get(t.loss)  # evaluation: the plain loss
-    train_step = jax.jit(
+    jitted_step = jax.jit(
         step_lib.make_train_step(
             exp.graphdef, exp.rest, exp.tx, losses.get(t.loss, t.label_smoothing), exp.lr_at,
             use_rng=registry.needs_rng(exp.model), sam_rho=cfg.optim.sam_rho, nonfinite=t.nonfinite,
@@ -389,7 +389,7 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
         donate_argnums=(0,) if jax.default_backend() != "cpu" else (),
     )
     frozen = (distilling.task.frozen,) if distilling else ()
-    train_step = sharding.in_mesh(train_step, mesh)  # the models' activation layouts
+    train_step = sharding.in_mesh(jitted_step, mesh)  # the models' activation layouts
     eval_step = jax.jit(step_lib.make_eval_step(exp.graphdef, exp.rest, loss_fn))
     fewshot_eval, fewshot_every = None, 0
     if cfg.fewshot.datasets:  # periodic few-shot evaluation of the frozen features
@@ -415,6 +415,8 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
     try:
         with _StopSignal() as stop:
             batch = next(data_it) if step < exp.total_steps else None
+            compute = None if batch is None else mfu.StepCompute.measure(  # FLOPs per step, for MFU
+                jitted_step, mesh, state, mesh_lib.put_batch(batch, mesh), *frozen, dtype=cfg.model.dtype)
             while step < exp.total_steps:
                 state, metrics = train_step(state, mesh_lib.put_batch(batch, mesh), *frozen)
                 data_state = data_it.get_state()
@@ -427,6 +429,8 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
                     now = time.perf_counter()
                     row = {k: float(v) for k, v in metrics.items()}
                     row["train/examples_per_sec"] = (step - tick_step) * d.batch_size / max(now - tick, 1e-9)
+                    if compute is not None:
+                        row.update(compute.metrics((step - tick_step) / max(now - tick, 1e-9)))
                     row["train/epoch"] = step / exp.steps_per_epoch
                     tick, tick_step = now, step
                     writer.write(step, row)
