@@ -62,7 +62,7 @@ def plot_fit(rows: list[dict], report: dict[str, Any], draws: dict[str, np.ndarr
     xcol, y = report["x_column"], report["y"]
     models, sizes = _models_by_size(rows), _sizes(rows)
     colours = _colours(models)
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(11, 5.5))
     for r in rows:
         ax.scatter(r[xcol], r[y], color=colours[r["model"]], s=30, alpha=0.85,
                    marker=_MARKERS[sizes.index(r.get("data_size")) % len(_MARKERS)], zorder=3)
@@ -100,7 +100,7 @@ def plot_fit(rows: list[dict], report: dict[str, Any], draws: dict[str, np.ndarr
     ax.set_xlabel(fit_lib.X_LABELS[report["x"]])
     ax.set_ylabel(y)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return _save(fig, path)
 

@@ -62,14 +62,14 @@ def member_row(out: pathlib.Path, member: Member, source_steps: int | None) -> d
     if status != "done":
         return row
     wd = out / member.id
-    summary = sweep_lib._read_json(wd / "summary.json")
-    acc = sweep_lib._read_json(wd / sweep_lib.ACCOUNTING)
-    cfg = sweep_lib._read_json(wd / "config.json")
+    summary = sweep_lib.read_json(wd / "summary.json")
+    acc = sweep_lib.read_json(wd / sweep_lib.ACCOUNTING)
+    cfg = sweep_lib.read_json(wd / "config.json")
     steps = int(summary["total_steps"])
     batch = int(cfg["data"]["batch_size"])
     wall = float(acc.get("wall_s", 0.0))
     if member.branch_step and source_steps:
-        src = sweep_lib._read_json(out / member.group / "source" / sweep_lib.ACCOUNTING)
+        src = sweep_lib.read_json(out / member.group / "source" / sweep_lib.ACCOUNTING)
         wall += float(src.get("wall_s", 0.0)) * member.branch_step / source_steps
     devices = int(acc.get("devices", 1))
     metrics = _last_metrics(wd)

@@ -38,7 +38,7 @@ from typing import Any
 from vistas.errors import ConfigError
 
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_KEYS = ("name", "preset", "set", "models", "data_sizes", "budgets", "cooldown", "timescale")
+_KEYS = ("name", "preset", "set", "models", "data_sizes", "budgets", "cooldown")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,15 +85,12 @@ class SweepSpec:
     data_sizes: tuple[int | None, ...]
     budgets: tuple[int, ...]
     cooldown: float  # 0: dedicated runs
-    timescale: int | None = None  # rsqrt timescale of the sources in steps (None: preset's)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["models"] = [{"name": m.name, "set": list(m.set)} for m in self.models]
         d["data_sizes"] = ["full" if n is None else n for n in self.data_sizes]
         d["set"], d["budgets"] = list(self.set), list(self.budgets)
-        if d["timescale"] is None:
-            del d["timescale"]
         return d
 
     def groups(self) -> list[Group]:
@@ -180,13 +177,9 @@ def from_dict(d: Any, where: str = "") -> SweepSpec:
         cooldown = 0.0
     if isinstance(cooldown, bool) or not isinstance(cooldown, (int, float)) or not 0 <= cooldown < 1:
         raise _fail(where, f"cooldown={cooldown!r} must be a fraction in [0, 1) (0: dedicated runs)")
-    timescale = d.get("timescale")
-    if timescale is not None and (isinstance(timescale, bool) or not isinstance(timescale, int)
-                                  or timescale < 1):
-        raise _fail(where, f"timescale={timescale!r} must be a positive number of steps")
     spec = SweepSpec(name, preset, _str_list(d.get("set", []), "set", where), tuple(model_specs),
                      tuple(None if n == "full" else n for n in sizes), tuple(sorted(budgets)),
-                     float(cooldown), timescale)
+                     float(cooldown))
     for m in spec.members():
         if m.branch_step is not None and not (m.branch_step >= 1 and m.cooldown_steps >= 1):
             raise _fail(where, f"budget {m.budget} with cooldown={cooldown} leaves no steps before "
@@ -232,11 +225,8 @@ def _base(spec: SweepSpec, model: ModelSpec, data_size: int | None, extra: list[
 
 def source_overrides(spec: SweepSpec, group: Group) -> list[str]:
     """What turns a member's config into its group's rsqrt source run."""
-    extra = [f"train.duration={group.source_steps}", "schedule.decay='rsqrt'", "schedule.cooldown=0",
-             f"train.keep_every={group.keep_every}"]
-    if spec.timescale is not None:
-        extra.append(f"schedule.timescale={spec.timescale}")
-    return extra
+    return [f"train.duration={group.source_steps}", "schedule.decay='rsqrt'", "schedule.cooldown=0",
+            f"train.keep_every={group.keep_every}"]
 
 
 def source_config(spec: SweepSpec, group: Group) -> Any:
@@ -250,11 +240,6 @@ def member_config(spec: SweepSpec, member: Member) -> Any:
         group = next(g for g in spec.groups() if g.id == member.group)
         return source_config(spec, group)
     return _base(spec, model, member.data_size, [f"train.duration={member.budget}"])
-
-
-def member_overrides(spec: SweepSpec, member: Member) -> list[str]:
-    model = next(m for m in spec.models if m.name == member.model)
-    return _overrides(spec, model, member.data_size)
 
 
 __all__ = ["Group", "Member", "ModelSpec", "SweepSpec", "from_dict", "load", "member_config",

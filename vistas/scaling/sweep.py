@@ -39,7 +39,7 @@ ERROR = "error.txt"
 RUNNING = ".running"
 
 
-def _read_json(path: pathlib.Path) -> dict:
+def read_json(path: pathlib.Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -47,7 +47,7 @@ def _read_json(path: pathlib.Path) -> dict:
 
 
 def is_finished(workdir: pathlib.Path) -> bool:
-    return bool(_read_json(workdir / "summary.json").get("finished"))
+    return bool(read_json(workdir / "summary.json").get("finished"))
 
 
 def _write_spec(spec: SweepSpec, out: pathlib.Path) -> None:
@@ -55,7 +55,7 @@ def _write_spec(spec: SweepSpec, out: pathlib.Path) -> None:
     path = out / "sweep.json"
     now = spec.to_dict()
     if path.exists():
-        old = _read_json(path)
+        old = read_json(path)
         if old and old != now:
             diff = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
             raise ConfigError(f"{out} holds a different sweep (differs in {', '.join(diff)}); "
@@ -69,7 +69,7 @@ def load_out(out: str | pathlib.Path) -> SweepSpec:
     path = pathlib.Path(out) / "sweep.json"
     if not path.exists():
         raise VistasError(f"{out} holds no sweep (no sweep.json); start one with `vistas sweep run`")
-    return spec_lib.from_dict(_read_json(path), str(path))
+    return spec_lib.from_dict(read_json(path), str(path))
 
 
 def _select(spec: SweepSpec, only: str | None) -> list[Group]:
@@ -89,7 +89,7 @@ def _select(spec: SweepSpec, only: str | None) -> list[Group]:
 
 def _update_accounting(workdir: pathlib.Path, **fields: Any) -> dict:
     path = workdir / ACCOUNTING
-    acc = {**_read_json(path), **fields}
+    acc = {**read_json(path), **fields}
     workdir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(acc, indent=2))
     return acc
@@ -121,7 +121,7 @@ def _train(cfg: Any, workdir: pathlib.Path, flops_cache: dict, say: Callable[[st
     try:
         summary = loop.train(cfg, workdir, quiet=True)
     finally:
-        acc = _read_json(workdir / ACCOUNTING)
+        acc = read_json(workdir / ACCOUNTING)
         _update_accounting(workdir, wall_s=acc.get("wall_s", 0.0) + time.perf_counter() - tick,
                            sessions=acc.get("sessions", 0) + 1, devices=jax.device_count(),
                            device_kind=jax.devices()[0].device_kind)
@@ -266,7 +266,7 @@ def run(spec_arg: str, out: str | pathlib.Path, *, parallel: int = 1, only: str 
 
 
 def _alive(marker: pathlib.Path) -> bool:
-    info = _read_json(marker)
+    info = read_json(marker)
     if info.get("host") != socket.gethostname():
         return bool(info)  # another machine's run: trust the marker
     try:
