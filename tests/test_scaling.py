@@ -144,8 +144,14 @@ def test_sweep_commands_and_slurm_script(tmp_path):
     lines, script = sweep.commands(str(spec_path), tmp_path / "out")
     assert len(lines) == 4 and all(" sweep run " in c and "--only" in c for c in lines)
     assert "--only good/n256/b8" in lines[0]
-    assert "#SBATCH --array=0-1" in script and "GROUPS=(good/n256 bad/n256)" in script
+    assert "#SBATCH --array=0-1" in script and "SWEEP_GROUPS=(good/n256 bad/n256)" in script
     assert (tmp_path / "out/commands.txt").read_text().splitlines() == lines
+    # a member's command runs that member only, branched from its group's whole source run
+    (group,) = sweep._select(spec.load(spec_path), "good/n256/b8")
+    assert [m.id for m in group.members] == ["good/n256/b8"] and group.source_steps == 8
+    assert len(sweep._select(spec.load(spec_path), "good")[0].members) == 2
+    with pytest.raises(ConfigError, match="--only 'nope' names no group"):
+        sweep._select(spec.load(spec_path), "nope")
     with pytest.raises(ConfigError, match="different sweep"):
         sweep.commands(str(_write_spec(tmp_path / "other.toml", budgets=[8])), tmp_path / "out")
 

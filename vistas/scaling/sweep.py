@@ -18,6 +18,7 @@ over sessions, devices, FLOPs per step and where that figure comes from, paramet
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import os
 import pathlib
@@ -73,10 +74,13 @@ def load_out(out: str | pathlib.Path) -> SweepSpec:
 
 
 def _select(spec: SweepSpec, only: str | None) -> list[Group]:
+    """The groups ``only`` names (a group, a model, or a member: then its group with just it)."""
     groups = spec.groups()
     if only is None:
         return groups
-    chosen = [g for g in groups if only in (g.id, g.model.name) or any(m.id == only for m in g.members)]
+    chosen = [g for g in groups if only in (g.id, g.model.name)]
+    chosen += [dataclasses.replace(g, members=tuple(m for m in g.members if m.id == only))
+               for g in groups if any(m.id == only for m in g.members)]
     if not chosen:
         ids = [g.id for g in groups]
         raise ConfigError(f"--only {only!r} names no group, model or member of sweep {spec.name}; "
@@ -326,8 +330,8 @@ def commands(spec_arg: str, out: str | pathlib.Path) -> tuple[list[str], str]:
         f"# sweep {spec.name}: {len(spec.members())} members in {len(groups)} groups, one task per group",
         "# (in branch mode a group's members share one source run, so they run in one task).",
         "# Collect the results afterwards: vistas sweep status " + shlex.quote(str(out)),
-        "GROUPS=(" + " ".join(shlex.quote(g) for g in groups) + ")",
-        shlex.join([*base, "--in-process"]) + ' --only "${GROUPS[$SLURM_ARRAY_TASK_ID]}"',
+        "SWEEP_GROUPS=(" + " ".join(shlex.quote(g) for g in groups) + ")",
+        shlex.join([*base, "--in-process"]) + ' --only "${SWEEP_GROUPS[$SLURM_ARRAY_TASK_ID]}"',
         "",
     ])
     _write_spec(spec, out)
