@@ -79,11 +79,17 @@ def test_kl_loss_matches_numpy():
     assert np.all(np.isfinite(distill.kl_loss(jnp.asarray(s, jnp.float32), onehot, 1.0)))
 
 
-def test_consistent_teacher_sees_the_students_pixels(teachers, tmp_path):
+@pytest.fixture(scope="module")
+def consistent(teachers, tmp_path_factory):
+    """(setup, batch, prepared batch) of the consistent mode with teacher t0."""
     cfg = student("distill.mode=consistent", f"distill.teachers=['{teachers[0]}']")
-    exp, setup = _setup(cfg, tmp_path)
+    _, setup = _setup(cfg, tmp_path_factory.mktemp("consistent"))
     batch = _first_batch(cfg, setup)
-    out = _prepare(setup, batch)
+    return setup, batch, _prepare(setup, batch)
+
+
+def test_consistent_teacher_sees_the_students_pixels(consistent):
+    setup, batch, out = consistent
     # the view was mixed (mixup alpha 1) and the teacher's distribution is that of exactly the
     # pixels the student receives
     assert not np.allclose(out["image"], batch["image"])
@@ -97,33 +103,34 @@ def test_consistent_teacher_sees_the_students_pixels(teachers, tmp_path):
 
 
 def test_independent_mode_gives_other_crops_of_the_same_examples(teachers, tmp_path):
-    sets = ("distill.mode=independent", f"distill.teachers=['{teachers[0]}']", "distill.mixup_alpha=0.0")
+    sets = ("distill.mode=independent", f"distill.teachers=['{teachers[0]}']")
     _, setup = _setup(student(*sets), tmp_path)
     batch = _first_batch(student(*sets), setup)
     differs = np.any(np.abs(np.asarray(batch["image"] - batch["teacher_image"])) > 1e-3, axis=(1, 2, 3))
     assert differs.mean() > 0.9
-    out = _prepare(setup, batch)
-    np.testing.assert_array_equal(out["teacher_image"], batch["teacher_image"])
-    np.testing.assert_array_equal(out["image"], batch["image"])
-    # the student's view is the one the consistent mode would give (the first draw), and
-    # without random augmentation both views are the same image: the same examples
+    # the student's view is the one the consistent mode would give (the first draw)
     _, consistent = _setup(student("distill.mode=consistent", *sets[1:]), tmp_path)
     np.testing.assert_array_equal(_first_batch(student(*sets), consistent)["image"], batch["image"])
+    # without random crops and flips both views are the same image (the same examples), and
+    # the teacher's view is mixed with the same weight as the student's
     plain = student(*sets, "data.crop=none", "data.flip=False")
     _, same = _setup(plain, tmp_path)
     b = _first_batch(plain, same)
     np.testing.assert_array_equal(b["image"], b["teacher_image"])
+    out = _prepare(same, b)
+    assert not np.allclose(out["image"], b["image"])
+    np.testing.assert_allclose(out["teacher_image"], out["image"], atol=1e-6)
 
 
-def test_ensemble_of_two_copies_equals_the_teacher(teachers, tmp_path):
-    one = student("distill.mode=consistent", f"distill.teachers=['{teachers[0]}']")
-    two = student("distill.mode=consistent", f"distill.teachers=['{teachers[0]}', '{teachers[0]}']")
-    _, s1 = _setup(one, tmp_path / "one")
-    _, s2 = _setup(two, tmp_path / "two")
-    batch = _first_batch(one, s1)
-    o1, o2 = _prepare(s1, batch), _prepare(s2, batch)
-    np.testing.assert_allclose(o1["teacher_probs"], o2["teacher_probs"], rtol=1e-6, atol=1e-7)
+def test_ensemble_of_two_copies_equals_the_teacher(teachers, consistent, tmp_path):
+    s1, batch, o1 = consistent
+    _, s2 = _setup(student("distill.mode=consistent", f"distill.teachers=['{teachers[0]}', '{teachers[0]}']"),
+                   tmp_path)
+    o2 = _prepare(s2, batch)
     np.testing.assert_array_equal(o1["image"], o2["image"])
+    np.testing.assert_allclose(o1["teacher_probs"], o2["teacher_probs"], rtol=1e-6, atol=1e-7)
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=o1["teacher_probs"].shape), jnp.float32)
+    np.testing.assert_allclose(s1.task.loss(logits, o1), s2.task.loss(logits, o2), rtol=1e-6)
 
 
 def test_teacher_at_another_resolution_gets_the_view_resized(teachers, tmp_path):
