@@ -521,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from vistas.systems import distributed
+
+        distributed.initialize()  # multi-host jobs (VISTAS_COORDINATOR, SLURM): before any device use
         return args.fn(args)
     except VistasError as e:
         print(f"vistas: error: {e}", file=sys.stderr)
