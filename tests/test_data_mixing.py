@@ -60,6 +60,8 @@ def test_alpha_zero_is_identity_and_multi_hot_targets_normalised():
     assert out is images and mixed is labels
     multi = mixing.one_hot_targets(jnp.asarray([[1, 1, 0], [0, 0, 0]]), 3)
     np.testing.assert_allclose(multi, [[0.5, 0.5, 0], [0, 0, 0]])
+    raw = mixing.one_hot_targets(jnp.asarray([[1, 1, 0]]), 3, normalise=False)  # sigmoid targets
+    np.testing.assert_allclose(raw, [[1, 1, 0]])
 
 
 def test_label_smoothing():

@@ -33,10 +33,10 @@ def _batch(b=16):
 
 def _step(graphdef, rest, tx, **kw):
     mix = loop.batch_mixing(config_lib.apply_overrides(
-        config_lib.Config(), ["data.mixup_alpha=0.4", "data.cutmix_alpha=1.0"]))
+        config_lib.Config(), ["data.mixup_alpha=0.4", "data.cutmix_alpha=1.0"]), 10)
     return jax.jit(step_lib.make_train_step(
         graphdef, rest, tx, losses.get("softmax_xent", 0.1), lambda s: 0.1, use_rng=False,
-        mix=mix, num_classes=10, **kw))
+        mix=mix, **kw))
 
 
 def test_gradient_accumulation_equals_the_large_batch(tiny):

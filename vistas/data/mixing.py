@@ -18,12 +18,15 @@ import jax
 import jax.numpy as jnp
 
 
-def one_hot_targets(labels: jax.Array, num_classes: int) -> jax.Array:
+def one_hot_targets(labels: jax.Array, num_classes: int, *, normalise: bool = True) -> jax.Array:
     """float32 [B, K] probability rows from integer labels [B] or multi-hot labels [B, K]
-    (spread evenly over their classes; an all-zero row stays zero)."""
+    (spread evenly over their classes; an all-zero row stays zero). ``normalise=False``
+    keeps multi-hot rows as they are (targets of a sigmoid loss)."""
     if labels.ndim == 1:
         return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     target = labels.astype(jnp.float32)
+    if not normalise:
+        return target
     return target / jnp.maximum(target.sum(-1, keepdims=True), 1.0)
 
 

@@ -217,13 +217,17 @@ def evaluate_state(exp: Experiment, state: dict, mesh: Any, eval_step: Callable 
     return results
 
 
-def batch_mixing(cfg: Config) -> Callable | None:
-    """The device-side batch mixing the config asks for (mixup / CutMix), or None."""
+def batch_mixing(cfg: Config, num_classes: int) -> Callable | None:
+    """The device-side batch mixing the config asks for (mixup / CutMix), or None:
+    ``mix(key, images, labels) -> (images, targets)``. Targets are probability rows for the
+    softmax loss and multi-hot rows (not normalised) for the sigmoid loss."""
     aug = config_lib.augmentation(cfg.data)
     if not (aug["mixup_alpha"] or aug["cutmix_alpha"]):
         return None
+    normalise = cfg.train.loss == "softmax_xent"
 
-    def mix(key, images, targets):
+    def mix(key, images, labels):
+        targets = mixing.one_hot_targets(labels, num_classes, normalise=normalise)
         return mixing.mix_batch(key, images, targets, mixup_alpha=aug["mixup_alpha"],
                                 cutmix_alpha=aug["cutmix_alpha"])
 
@@ -380,7 +384,7 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
         step_lib.make_train_step(
             exp.graphdef, exp.rest, exp.tx, losses.get(t.loss, t.label_smoothing), exp.lr_at,
             use_rng=registry.needs_rng(exp.model), sam_rho=cfg.optim.sam_rho, nonfinite=t.nonfinite,
-            mix=None if distilling else batch_mixing(cfg), num_classes=exp.num_classes,
+            mix=None if distilling else batch_mixing(cfg, exp.num_classes),
             accum_steps=t.grad_accum_steps, ema_decay=t.ema_decay,
             trainable=jax.tree.map(lambda label: label == builder.TRAIN,
                                    builder.frozen_labels(exp.params, cfg.optim.frozen)),

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from vistas.data import mixing
 from vistas.evaluate import calibration
 from vistas.optim import sam
 
@@ -58,7 +57,7 @@ def _micro(batch: dict, k: int, i: int) -> dict:
 
 def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransformation,
                     loss_fn: Callable, lr_fn: Callable, *, use_rng: bool, sam_rho: float = 0.0,
-                    mix: Callable | None = None, num_classes: int = 0, accum_steps: int = 1,
+                    mix: Callable | None = None, accum_steps: int = 1,
                     ema_decay: float = 0.0,
                     trainable: Any = None, nonfinite: str = "stop", task: Any = None) -> Callable:
     """``step(state, batch) -> (state, metrics)``; metrics are scalars.
@@ -78,9 +77,9 @@ def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransfo
     parameters perturbed by ρ·g/‖g‖ (``trainable``, a pytree of bools like the parameters,
     leaves frozen ones unperturbed); the logged loss and top-1 are those at the parameters.
 
-    ``mix(key, images, targets)`` (``vistas.data.mixing.mix_batch``): mixup / CutMix of the
-    images and of their [B, num_classes] probability targets, keyed by the state's RNG and
-    step (so a resumed run mixes as the uninterrupted one); the loss takes the mixed
+    ``mix(key, images, labels) -> (images, targets)`` (``vistas.train.loop.batch_mixing``):
+    mixup / CutMix of the images and of the labels made [B, K] targets, keyed by the state's
+    RNG and step (so a resumed run mixes as the uninterrupted one); the loss takes the mixed
     targets, top-1 the original labels. ``accum_steps = k``: the gradient is the mean of
     those of k micro-batches of B/k examples, computed one after the other (``lax.scan``):
     the update of the whole batch with the activation memory of a micro-batch (SAM then
@@ -118,8 +117,7 @@ def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransfo
         batch = {**batch, "target": batch["label"]}
         if mix is not None:
             batch["image"], batch["target"] = mix(
-                jax.random.fold_in(step_rng, MIX_STREAM), batch["image"],
-                mixing.one_hot_targets(batch["label"], num_classes))
+                jax.random.fold_in(step_rng, MIX_STREAM), batch["image"], batch["label"])
         if accum_steps == 1:
             loss, batch_metrics, grads = loss_metrics_grads(state["params"], batch, rng)
         else:
