@@ -76,14 +76,6 @@ def _vit_config(cfg: Config, num_classes: int) -> Any:
     return vit.variant_config(cfg.model.name.split("-", 1)[1], num_classes=num_classes, **options)
 
 
-def _cost_flops(compiled: Any) -> float | None:
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):  # older jax: one dict per computation
-        analysis = analysis[0] if analysis else None
-    flops = (analysis or {}).get("flops")
-    return float(flops) if flops is not None and flops > 0 else None
-
-
 def abstract_step(cfg: Config, num_classes: int, global_batch: int) -> tuple[Any, Any, Any]:
     """``(train_step, state, batch)`` of ``cfg``: the step function of ``vistas.train.step``
     with an abstract (ShapeDtypeStruct) train state and batch; nothing is allocated."""
@@ -116,7 +108,9 @@ def compiled_step_flops(cfg: Config, num_classes: int) -> float | None:
     """FLOPs of one compiled train step of ``cfg`` (batch ``data.batch_size``) from XLA's
     cost analysis; None when the backend reports none."""
     train_step, state, batch = abstract_step(cfg, num_classes, cfg.data.batch_size)
-    return _cost_flops(jax.jit(train_step).lower(state, batch).compile())
+    from vistas.systems import mfu
+
+    return mfu.cost_flops(jax.jit(train_step).lower(state, batch).compile())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,15 +25,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import optax
-from flax import nnx
 
 from vistas import config as config_lib
 from vistas.config import Config
 from vistas.errors import ConfigError
+from vistas.systems import flops, sharding
 from vistas.systems import mesh as mesh_lib
-from vistas.systems import sharding
 
 GIB = 2**30
 # Memory per device (bytes) of the accelerators the papers and users train on.
@@ -65,38 +62,10 @@ class StepMemory:
                                               ("params", "optimizer", "batch", "temporaries", "peak")}}
 
 
-def abstract_step(cfg: Config, num_classes: int, global_batch: int) -> tuple[Any, Any, Any]:
-    """``(train_step, state, batch)`` of ``cfg``: the step function of ``vistas.train.step``
-    and abstract (ShapeDtypeStruct) train state and batch; nothing is allocated."""
-    from vistas.models import registry
-    from vistas.optim import builder
-    from vistas.train import loop, losses
-    from vistas.train import step as step_lib
-
-    model = nnx.eval_shape(lambda: loop.build_model(cfg, num_classes))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    params = nnx.to_pure_dict(params)
-    schedule = optax.constant_schedule(1.0)
-    tx = builder.from_config(params, cfg.optim, schedule)
-    trainable = jax.tree.map(lambda label: label == builder.TRAIN,
-                             builder.frozen_labels(params, cfg.optim.frozen))
-    train_step = step_lib.make_train_step(
-        graphdef, rest, tx, losses.get(cfg.train.loss),
-        lambda s: builder.current_lr(schedule, cfg.optim.lr, s),
-        use_rng=registry.needs_rng(model), sam_rho=cfg.optim.sam_rho, trainable=trainable)
-    state = jax.eval_shape(lambda p: step_lib.init_state(p, tx, cfg.train.seed), params)
-    d = cfg.data
-    label = (jax.ShapeDtypeStruct((global_batch, num_classes), jnp.float32)
-             if cfg.train.loss == "sigmoid_xent" else jax.ShapeDtypeStruct((global_batch,), jnp.int32))
-    batch = {"image": jax.ShapeDtypeStruct((global_batch, d.image_size, d.image_size, d.channels),
-                                           jnp.float32), "label": label}
-    return train_step, state, batch
-
-
 def compile_step(cfg: Config, num_classes: int, mesh: Any, global_batch: int) -> tuple[Any, Any, Any]:
     """``(compiled, state, specs)``: the train step compiled for ``mesh`` with the state
     placed by ``cfg.mesh.rules`` and the batch split over the batch axes (donated state)."""
-    train_step, state, batch = abstract_step(cfg, num_classes, global_batch)
+    train_step, state, batch = flops.abstract_step(cfg, num_classes, global_batch)
     specs = sharding.state_specs(state, state["params"], mesh, cfg.mesh.rules)
     placement = sharding.to_shardings(specs, mesh)
     batch_sharding = {k: mesh_lib.batch_sharded(mesh) for k in batch}
@@ -288,6 +257,6 @@ def format_answer(answer: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DEVICE_MEMORY", "Search", "StepMemory", "abstract_step", "budget_bytes", "compile_step",
+__all__ = ["DEVICE_MEMORY", "Search", "StepMemory", "budget_bytes", "compile_step",
            "find_batch", "format_answer", "ladder", "parse_mesh", "run", "shapefind_config",
            "step_memory"]
