@@ -350,52 +350,49 @@ def fixed_logits(source, teachers: list[Teacher], frozen: list, cfg: Config, siz
 
 
 class Evaluator:
-    """Per eval split: teacher top-1 (the teachers' logits are computed once and kept),
-    student-teacher top-1 agreement and ``KL(teacher ‖ student)`` at temperature 1."""
+    """Per eval split: teacher top-1, student-teacher top-1 agreement and
+    ``KL(teacher ‖ student)`` at temperature 1, summed on the device over unmasked examples
+    (so it works with a batch sharded over processes). The teachers' probabilities are
+    computed at the first evaluation and kept (on the device) for the next ones."""
 
     def __init__(self, cfg: Config, exp: Any, teachers: list[Teacher], frozen: list, size: int, mesh):
         self.cfg, self.exp, self.frozen, self.size, self.mesh = cfg, exp, frozen, size, mesh
-        self._teacher_fn = jax.jit(teacher_logits(teachers, tuple(cfg.data.value_range)))
+        teacher_fn = teacher_logits(teachers, tuple(cfg.data.value_range))
         student_size = cfg.data.image_size
 
-        def student(params, images):
-            x = _resize(images, student_size)
-            return nnx.merge(exp.graphdef, params, exp.rest)(x)[0].astype(jnp.float32)
+        def sums(params, batch, probs):
+            x = _resize(batch["image"], student_size)
+            student = nnx.merge(exp.graphdef, params, exp.rest)(x)[0].astype(jnp.float32)
+            mask = batch["mask"].astype(jnp.float32)
+            t_pred = jnp.argmax(probs, -1)
+            return {"agree": jnp.sum((jnp.argmax(student, -1) == t_pred) * mask),
+                    "kl": jnp.sum(kl_loss(student, probs, 1.0) * mask),
+                    "teacher_correct": jnp.sum((t_pred == batch["label"]) * mask),
+                    "count": jnp.sum(mask)}
 
-        self._student_fn = jax.jit(student)
-        self._teacher_probs: dict[str, list[np.ndarray]] = {}
-        self._teacher_top1: dict[str, float] = {}
-
-    def _batches(self, source):
-        return pipeline.eval_batches(
-            source, global_batch_size=self.cfg.data.eval_batch_size, transform=eval_transform(self.cfg, self.size),
-            process_index=jax.process_index(), process_count=jax.process_count())
+        self._teacher_fn = jax.jit(lambda frozen, images: ensemble_probs(teacher_fn(frozen, images), 1.0))
+        self._sums = jax.jit(sums)
+        self._teacher_probs: dict[str, list[jax.Array]] = {}
 
     def __call__(self, params: Any) -> dict[str, float]:
         results: dict[str, float] = {}
         for split, source in self.exp.eval_sources.items():
             first = split not in self._teacher_probs
             cached = self._teacher_probs.setdefault(split, [])
-            agree = kl = count = correct = 0.0
-            for i, batch in enumerate(self._batches(source)):
-                images = mesh_lib.put_batch({"image": batch["image"]}, self.mesh)["image"]
+            totals: dict[str, float] = {}
+            for i, batch in enumerate(pipeline.eval_batches(
+                    source, global_batch_size=self.cfg.data.eval_batch_size,
+                    transform=eval_transform(self.cfg, self.size),
+                    process_index=jax.process_index(), process_count=jax.process_count())):
+                batch = mesh_lib.put_batch(batch, self.mesh)
                 if first:
-                    probs = np.asarray(ensemble_probs(self._teacher_fn(self.frozen, images), 1.0))
-                    cached.append(probs)
-                probs = cached[i]
-                student = self._student_fn(params, images)
-                mask = batch["mask"].astype(np.float64)
-                s_pred = np.asarray(jnp.argmax(student, -1))
-                t_pred = probs.argmax(-1)
-                agree += float(np.sum((s_pred == t_pred) * mask))
-                kl += float(np.sum(np.asarray(kl_loss(student, probs, 1.0), np.float64) * mask))
-                correct += float(np.sum((t_pred == batch["label"]) * mask))
-                count += float(mask.sum())
-            if first:
-                self._teacher_top1[split] = correct / count
-            results[f"eval/{split}/teacher_top1"] = self._teacher_top1[split]
-            results[f"eval/{split}/agreement"] = agree / count
-            results[f"eval/{split}/kl"] = kl / count
+                    cached.append(self._teacher_fn(self.frozen, batch["image"]))
+                for k, v in self._sums(params, batch, cached[i]).items():
+                    totals[k] = totals.get(k, 0.0) + float(v)
+            count = totals["count"]
+            results[f"eval/{split}/teacher_top1"] = totals["teacher_correct"] / count
+            results[f"eval/{split}/agreement"] = totals["agree"] / count
+            results[f"eval/{split}/kl"] = totals["kl"] / count
         return results
 
 
