@@ -47,6 +47,13 @@ def test_simpler_forms_and_extrapolation():
             > 5 * fit.extrapolation_check(xs, ys, "saturating")["mean_rel_error"])
 
 
+def test_a_step_is_flagged_not_taken_for_a_law():
+    x = np.logspace(0, 2, 8)
+    y = np.array([0.5] * 4 + [0.2] * 4) * np.exp(np.random.default_rng(0).normal(0, 0.005, 8))
+    assert fit.fit_law(x, y).at_bound == ("b",)
+    assert fit.fit_law(*_synthetic(TRUE)).at_bound == ()
+
+
 def test_fit_rejects_bad_points():
     with pytest.raises(VistasError, match="> 0"):
         fit.fit_law([1, 2, 3, 4, 5, 6], [0.5, 0.4, 0.0, 0.3, 0.2, 0.1])

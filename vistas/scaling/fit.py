@@ -34,6 +34,7 @@ FORMS: dict[str, tuple[str, ...]] = {
     "no_c": ("a", "b", "d"),  # a (C + d)^-b
     "power": ("a", "b"),  # a C^-b
 }
+MAX_EXPONENT = 10.0  # upper bound of b: a fit that reaches it is a step, not a power law
 X_COLUMNS = {"compute": "total_flops", "examples": "examples_seen", "params": "params"}
 X_LABELS = {"compute": "training compute (FLOPs)", "examples": "examples seen",
             "params": "parameters"}
@@ -64,6 +65,7 @@ class Fit:
     params: dict[str, float]  # in the units of x and y
     rmse_log: float  # root mean square of log(fit) - log(y) on the fitted points
     n: int
+    at_bound: tuple[str, ...] = ()  # parameters the points pushed to a bound: not determined
 
     def predict(self, x: Any) -> np.ndarray:
         return law(x, self.params)
@@ -88,7 +90,8 @@ def _fit_scaled(form: str, u: np.ndarray, y: np.ndarray, starts: list[np.ndarray
 
     names = FORMS[form]
     lower = np.array([-np.inf if k == "a" else 0.0 for k in names])
-    upper = np.array([{"a": np.inf, "b": 10.0, "c": float(np.max(y)), "d": np.inf}[k] for k in names])
+    upper = np.array([{"a": np.inf, "b": MAX_EXPONENT, "c": float(np.max(y)), "d": np.inf}[k]
+                      for k in names])
     log_y = np.log(y)
 
     def residuals(theta):
@@ -152,7 +155,8 @@ def fit_law(x: Sequence[float], y: Sequence[float], form: str = "saturating", *,
     if "d" in p:
         p["d"] *= scale
     rmse = float(np.sqrt(np.mean((np.log(law(x, p)) - np.log(y)) ** 2)))
-    return Fit(form, p, rmse, len(x))
+    at_bound = ("b",) if p["b"] >= MAX_EXPONENT * (1 - 1e-3) else ()
+    return Fit(form, p, rmse, len(x), at_bound)
 
 
 def bootstrap(x: Sequence[float], y: Sequence[float], fit: Fit, *, n: int = 200, seed: int = 0,
@@ -203,7 +207,8 @@ def extrapolation_check(x: Sequence[float], y: Sequence[float], form: str = "sat
     return {"form": form, "fit_on": n_in, "params": f.params, "x_split": float(x[n_in - 1]),
             "held_out": [{"x": float(a), "y": float(b), "predicted": float(p), "rel_error": float(r)}
                          for a, b, p, r in zip(x[n_in:], y[n_in:], pred, rel, strict=True)],
-            "mean_rel_error": float(np.mean(rel)), "max_rel_error": float(np.max(rel))}
+            "mean_rel_error": float(np.mean(rel)), "max_rel_error": float(np.max(rel)),
+            "at_bound": list(f.at_bound)}
 
 
 # --- the results table -----------------------------------------------------------------
@@ -260,6 +265,7 @@ def fit_results(results: Any, *, x: str = "compute", y: str = "eval_error", n_bo
         "law": main, "params": fits[main].params, "intervals": intervals(draws) if draws else {},
         "bootstrap": {"resamples": n_boot, "fitted": int(len(next(iter(draws.values())))) if draws else 0},
         "forms": {form: {"params": f.params, "rmse_log": f.rmse_log, "formula": f.formula(),
+                         "at_bound": list(f.at_bound),
                          "extrapolation": checks[form]} for form, f in fits.items()},
         "skipped_forms": skipped,
     }
@@ -285,6 +291,8 @@ def format_report(report: dict[str, Any]) -> str:
     for k, v in p.items():
         interval = f"  95% CI [{ci[k][0]:.4g}, {ci[k][1]:.4g}]" if k in ci else ""
         lines.append(f"  {k} = {v:.4g}{interval}")
+    if f["at_bound"]:
+        lines.append(f"  ({', '.join(f['at_bound'])} reached its bound: the frontier does not determine the law)")
     if ci:
         lines.append(f"  (residual bootstrap: {boot['fitted']} of {boot['resamples']} replicates fitted)")
     lines.append("")
@@ -295,7 +303,9 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"{form:<12} {r['rmse_log']:>14.4f} {'skipped: ' + e['skipped']:>44}")
         else:
             lines.append(f"{form:<12} {r['rmse_log']:>14.4f} {str(e['fit_on']) + ' lowest points':>22} "
-                         f"{100 * e['mean_rel_error']:>12.1f}% {100 * e['max_rel_error']:>7.1f}%")
+                         f"{100 * e['mean_rel_error']:>12.1f}% {100 * e['max_rel_error']:>7.1f}%"
+                         + (f"  ({', '.join(e['at_bound'])} at its bound: a step, not a law)"
+                            if e.get("at_bound") else ""))
     for form, why in report["skipped_forms"].items():
         lines.append(f"{form:<12} not fitted: {why}")
     for key in ("plot", "examples_plot"):
