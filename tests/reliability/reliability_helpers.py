@@ -91,8 +91,8 @@ def inject_nonfinite(monkeypatch, steps: set[int], how: str) -> None:
     def train_iterator(*args, **kwargs):
         return _Poisoned(real_iterator(*args, **kwargs), steps, how)
 
-    def get(name):
-        base = real_get(name)
+    def get(name, *args, **kwargs):
+        base = real_get(name, *args, **kwargs)
 
         def loss(logits, labels):
             flag = jnp.all(labels == labels[0]) if how == "grad" else jnp.array(False)

@@ -62,10 +62,8 @@ def test_checkpoint_write_fails_cleanly_and_the_previous_one_loads(run8, tmp_pat
     assert "File too large; checkpoint 8 is kept" in last
     assert committed_steps(workdir) == [4, 8]  # the partial write is not a checkpoint
     assert ckpt_lib.Checkpointer(workdir / "checkpoints", read_only=True).latest_step() == 8
-    _, params, step = loop.final_params(workdir)
+    _, params, step = loop.final_params(workdir)  # what a resume starts from
     assert step == 8
-    summary = loop.train(tiny(*SETS), workdir, stop_after=9, quiet=True)  # space again
-    assert summary["step"] == 9 and committed_steps(workdir)[-1] == 9
 
 
 def test_metrics_write_fails_cleanly_and_a_resume_repairs_the_file(run8, tmp_path):

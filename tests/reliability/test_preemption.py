@@ -1,6 +1,6 @@
 """SIGTERM while the run evaluates (preemption notices arrive at any moment): the evaluation
 finishes, a checkpoint of that step is written, the exit is clean (status 0), and the same
-command resumes. SIGTERM between training steps: tests/test_train.py."""
+checkpoint loads. SIGTERM between training steps, and resuming: tests/test_train.py."""
 
 import json
 import signal
@@ -9,7 +9,7 @@ import time
 
 import pytest
 from conftest import cli_env, committed_steps, requires_fashion_mnist, vistas_cmd
-from reliability_helpers import TINY, tiny
+from reliability_helpers import TINY
 
 from vistas.systems import soak
 from vistas.train import loop
@@ -21,7 +21,7 @@ SETS = [*TINY, "train.duration=5000", "train.ckpt_every=1000", "train.log_every=
 
 @requires_fashion_mnist
 @pytest.mark.slow
-def test_sigterm_during_evaluation_saves_that_step_and_exits_cleanly(tmp_path, capsys):
+def test_sigterm_during_evaluation_saves_that_step_and_exits_cleanly(tmp_path):
     workdir = tmp_path / "run"
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
         proc = subprocess.Popen(vistas_cmd("train", "--preset", "smoke", "--workdir", str(workdir),
@@ -44,5 +44,5 @@ def test_sigterm_during_evaluation_saves_that_step_and_exits_cleanly(tmp_path, c
     evals = [r["step"] for r in read_metrics(workdir / "metrics.jsonl") if "eval/test[:3000]/top1" in r]
     assert evals == [4]  # the evaluation that was running finished and was logged
 
-    resumed = loop.train(tiny(*SETS), workdir, stop_after=5)
-    assert "resuming at step 4" in capsys.readouterr().out and resumed["step"] == 5
+    _, _, step = loop.final_params(workdir)  # what a resume starts from (resuming: test_train.py)
+    assert step == 4
