@@ -8,7 +8,13 @@ batch 128 with its lr 0.2 and AGC λ 0.04; EMA decay 0.999 (0.99999 averages ove
 steps, longer than this run); 2 epochs (938 steps).
 
 Command: ``vistas train --preset fashion_mnist_nfnet_f0_recipe --workdir runs/nfnet_recipe``.
-Runtime and result: not measured yet (see docs/recipes.md for the measured variants).
+Runtime: 31 min 22 s of wall time on a 2-core CPU shared with other jobs (load average
+12-19; compilation included).
+Result: 79.65% test top-1 for the weights (74.66% after epoch 1), 73.11% for their EMA:
+with decay 0.999 the average spans about as many steps as the whole run, so it still
+carries the early weights; ``--set train.ema_decay=0.99`` suits a run this short. The
+``fashion_mnist_nfnet`` preset without the augmentation reaches 86.73% in the same 2
+epochs.
 """
 
 from vistas.presets import _reduced, imagenet_nfnet_f0

@@ -7,7 +7,12 @@ tanh representation layer, 2-D sin-cos position embedding, RandAugment(2, 10) an
 patch 7, width 128, depth 4), batch 128, 3 epochs (1,407 steps).
 
 Command: ``vistas train --preset fashion_mnist_vit_s16_recipe --workdir runs/vit_s16_recipe``.
-Runtime and result: see docs/recipes.md (measured on a 2-core CPU shared with other jobs).
+Runtime: 41 min 17 s of wall time on a 2-core CPU shared with other jobs (load average
+12-19; compilation included), 50-165 img/s while training.
+Result: 80.99% test top-1 on the 10,000 Fashion-MNIST test images (70.12% and 78.93%
+after epochs 1 and 2). The demo preset without RandAugment and mixup (lr 2e-3) is at
+85.8% after 3 epochs: in 3 epochs of a small dataset this regularisation costs accuracy;
+the recipe is meant for 90 epochs of ImageNet.
 """
 
 from vistas.presets import _reduced, imagenet_vit_s16
