@@ -274,8 +274,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from vistas.scaling import sweep
 
     if args.sweep_cmd == "run":
-        rows = sweep.run(args.spec, args.out, parallel=args.parallel, only=args.only,
-                         in_process=args.in_process)
+        try:
+            rows = sweep.run(args.spec, args.out, parallel=args.parallel, only=args.only,
+                             in_process=args.in_process)
+        except sweep.Interrupted as e:  # a checkpoint was saved: not a failure
+            print(f"vistas: {e}", file=sys.stderr)
+            return sweep.INTERRUPTED_STATUS
         return 1 if any(r["status"] == "failed" for r in rows) else 0
     if args.sweep_cmd == "commands":
         lines, _ = sweep.commands(args.spec, args.out)

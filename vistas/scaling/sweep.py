@@ -38,6 +38,7 @@ from vistas.scaling.spec import Group, Member, SweepSpec
 ACCOUNTING = "accounting.json"
 ERROR = "error.txt"
 RUNNING = ".running"
+INTERRUPTED_STATUS = 130  # exit status of a group stopped by SIGTERM/SIGINT (checkpoint saved)
 
 
 def read_json(path: pathlib.Path) -> dict:
@@ -221,7 +222,7 @@ def _spawn_group(spec_arg: str, out: pathlib.Path, group: Group, spec: SweepSpec
         f.write(f"$ {shlex.join(cmd)}\n")
         f.flush()
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
-    if rc != 0:
+    if rc not in (0, INTERRUPTED_STATUS):  # interrupted members stay "partial"
         tail = [line for line in log.read_text().splitlines() if line.strip()][-1:] or ["(no output)"]
         for m in group.members:
             wd = out / m.id
@@ -340,4 +341,4 @@ def commands(spec_arg: str, out: str | pathlib.Path) -> tuple[list[str], str]:
     return lines, script
 
 
-__all__ = ["commands", "is_finished", "load_out", "member_status", "run", "run_group", "status"]
+__all__ = ["INTERRUPTED_STATUS", "Interrupted", "commands", "is_finished", "load_out", "member_status", "run", "run_group", "status"]
