@@ -121,7 +121,7 @@ def test_sweep_records_a_crash_skips_finished_members_and_resumes(tmp_path):
     assert r["flops_source"] == "cost_analysis" and r["flops_per_step"] > 0
     assert r["total_flops"] == pytest.approx(8 * r["flops_per_step"])
     assert r["examples_seen"] == 8 * 64 and r["params"] > 0 and 0 < r["eval_error"] < 1
-    assert r["wall_s"] > 0 and r["device_hours"] == pytest.approx(r["wall_s"] / 3600)
+    assert r["wall_s"] > 0 and r["device_hours"] == pytest.approx(r["wall_s"] * r["devices"] / 3600)
     assert json.loads((out / "good/n256/b8/config.json").read_text())["train"]["branched_from"].endswith("@4")
     assert [t["status"] for t in csv.DictReader(open(out / "results.csv"))] == ["done", "failed"]
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
