@@ -131,6 +131,7 @@ def test_mesh_shape_fills_the_free_axis():
 MESHES_SNIPPET = r"""
 import json, pathlib, sys
 import jax
+import numpy as np
 from vistas import config, presets
 from vistas.systems import sharding
 from vistas.train import loop
@@ -158,6 +159,13 @@ for name, sets in {
         "param_bytes_per_device": sharding.bytes_per_device(exp.params, specs, mesh),
         "resumed_step": loop.final_params(workdir / name)[2],
     }
+    if name == "2d":  # parameters created in place equal those created whole on one device
+        whole = loop.init_model(cfg, 10)[2]
+        _, _, split, _ = loop.init_model(cfg, 10, mesh)
+        out[name]["init_max_diff"] = max(float(abs(np.asarray(a) - np.asarray(b)).max())
+                                   for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(split)))
+        out[name]["init_sharded"] = sum(len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated
+                                  for x in jax.tree.leaves(split))
 print(json.dumps(out))
 """
 
@@ -184,6 +192,7 @@ def test_data_fsdp_tensor_and_2d_parallel_training_give_the_same_losses(tmp_path
     assert r["fsdp"]["param_bytes_per_device"] < whole / 4
     assert r["model"]["param_bytes_per_device"] < whole * 0.8
     assert r["2d"]["param_bytes_per_device"] < whole / 2
+    assert r["2d"]["init_max_diff"] < 1e-6 and r["2d"]["init_sharded"] > 10  # float rounding only
 
 
 # --- shapefinder --------------------------------------------------------------------------------

@@ -142,11 +142,33 @@ def build_model(cfg: Config, num_classes: int) -> nnx.Module:
     return registry.create(cfg.model.name, num_classes=num_classes, seed=cfg.train.seed, **options)
 
 
-def build(cfg: Config, *, with_train: bool = True) -> Experiment:
+def init_model(cfg: Config, num_classes: int, mesh: Any = None) -> tuple[nnx.Module, Any, Any, Any]:
+    """``(model, graphdef, params, rest)``. With a mesh that splits parameters (``fsdp`` or
+    ``model`` > 1) the parameters are created already in place: initialisation is one jitted
+    program whose outputs are laid out by ``mesh.rules``, so each device computes only its
+    shards and a model too large for one device never exists whole (``model`` is then
+    abstract)."""
+    if mesh is None or all(mesh.shape.get(axis, 1) == 1 for axis in ("fsdp", "model")):
+        model = build_model(cfg, num_classes)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        return model, graphdef, nnx.to_pure_dict(params), rest
+    model = nnx.eval_shape(lambda: build_model(cfg, num_classes))
+    graphdef, abstract, _ = nnx.split(model, nnx.Param, ...)
+    specs = sharding.param_specs(nnx.to_pure_dict(abstract), mesh, cfg.mesh.rules)
+
+    def init() -> tuple[Any, Any]:
+        _, params, rest = nnx.split(build_model(cfg, num_classes), nnx.Param, ...)
+        return nnx.to_pure_dict(params), rest
+
+    params, rest = jax.jit(init, out_shardings=(sharding.to_shardings(specs, mesh), None))()
+    return model, graphdef, params, rest
+
+
+def build(cfg: Config, *, with_train: bool = True, mesh: Any = None) -> Experiment:
+    """The run's data sources, model, optimizer and schedule (``mesh``: create the
+    parameters in their training layout, see ``init_model``)."""
     train_source, eval_sources, num_classes = build_sources(cfg, with_train=with_train)
-    model = build_model(cfg, num_classes)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    params = nnx.to_pure_dict(params)
+    model, graphdef, params, rest = init_model(cfg, num_classes, mesh)
     if train_source is None:
         # evaluation only: an epoch count cannot be turned into steps without the training
         # split, and the schedule is never used, so a constant one stands in
@@ -332,7 +354,7 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
     mesh_lib.check_batch_size(cfg.data.batch_size, mesh)
     mesh_lib.check_batch_size(cfg.data.eval_batch_size, mesh, "data.eval_batch_size")  # not after training
 
-    exp = build(cfg)
+    exp = build(cfg, mesh=mesh)
     t = cfg.train
     log_every = max(1, exp.duration(t.log_every, "train.log_every"))
     eval_every = max(1, exp.duration(t.eval_every, "train.eval_every"))
