@@ -1,11 +1,15 @@
 """The student of the distillation experiment (docs/distillation.md): a small ViT (patch 7,
-width 64, depth 2, MLP 128, 2 heads) distilled from a ``fashion_mnist_distill_teacher`` run
-by function matching (``distill.mode=consistent``: the teacher and the student see the same
-inception crop, flip and mixup).
+width 64, depth 2, MLP 128, 2 heads: 71,946 parameters) distilled from a
+``fashion_mnist_distill_teacher`` run by function matching (``distill.mode=consistent``: the
+teacher and the student see the same inception crop, flip and mixup).
 
-Command: ``vistas distill --preset fashion_mnist_distill_student --set
-distill.teachers=[runs/distill/teacher] --workdir runs/distill/consistent``.
-Runtime and result: measured in docs/distillation.md.
+Command: ``vistas distill --preset fashion_mnist_distill_student --workdir
+runs/distill/consistent --set distill.teachers=[runs/distill/teacher]``
+(the teacher: ``fashion_mnist_distill_teacher``).
+Runtime: 15-21 min for 1,000 steps on a 2-core CPU shared with several other jobs.
+Result: 77.00% test top-1 after 1,000 steps (63.89% after 250), agreeing with the 86.41%
+teacher on 81.81% of the test images; the same student trained on the labels with the same
+views reaches 70.71% (docs/distillation.md).
 """
 
 from vistas.config import Config
