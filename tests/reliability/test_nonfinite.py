@@ -37,34 +37,29 @@ def test_stop_policy_stops_at_the_poisoned_step_and_keeps_the_last_good_checkpoi
     assert max(r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")) == 6
 
 
-def test_skip_policy_keeps_the_state_counts_and_resumes_exactly(tmp_path, monkeypatch):
+def test_skip_policy_keeps_the_state_counts_across_a_resume_and_stops_past_the_limit(tmp_path, monkeypatch):
     """Steps 3 (NaN loss) and 6 (NaN gradients) are skipped: the parameters after them equal
-    those before; the count is logged, checkpointed and carried through a resume."""
-    sets = (*RUN, "train.nonfinite=skip", "train.max_skipped=2")
-    inject_nonfinite(monkeypatch, {3, 6}, "loss")
-    cfg = tiny(*sets, "train.duration=8", "train.ckpt_every=1", "train.keep=8", "train.eval_every=8")
-    loop.train(cfg, tmp_path / "ref", stop_after=3, quiet=True)
+    those before; the count is logged, checkpointed and carried through a resume. Step 7,
+    a third non-finite step with train.max_skipped=2, stops the run."""
+    inject_nonfinite(monkeypatch, {3}, "loss")
+    cfg = tiny(*RUN, "train.nonfinite=skip", "train.max_skipped=2", "train.ckpt_every=1", "train.keep=8")
+    loop.train(cfg, tmp_path / "run", stop_after=3, quiet=True)
     monkeypatch.undo()
-    inject_nonfinite(monkeypatch, {3}, "grad")  # the 3rd batch of the resumed session: step 6
-    summary = loop.train(cfg, tmp_path / "ref", quiet=True)
-    assert summary["finished"]
-    rows = {r["step"]: r for r in read_metrics(tmp_path / "ref" / "metrics.jsonl") if "train/loss" in r}
-    assert [rows[s]["train/finite"] for s in range(1, 9)] == [0.0 if s in (3, 6) else 1.0 for s in range(1, 9)]
-    assert [rows[s]["train/skipped"] for s in (2, 3, 5, 6, 8)] == [0, 1, 1, 2, 2]
+    inject_nonfinite(monkeypatch, {3, 4}, "grad")  # batches 3 and 4 of the resumed session: steps 6, 7
+    with pytest.raises(loop.TrainingDiverged) as e:
+        loop.train(cfg, tmp_path / "run", quiet=True)
+    msg = str(e.value)
+    assert "\n" not in msg and "(step 6)" in msg
+    assert re.search(r"3 non-finite steps skipped, more than train.max_skipped=2 \(gradients .* at step 7\)", msg)
+    rows = {r["step"]: r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/loss" in r}
+    assert [rows[s]["train/finite"] for s in range(1, 7)] == [1.0, 1.0, 0.0, 1.0, 1.0, 0.0]
+    assert [rows[s]["train/skipped"] for s in (2, 3, 5, 6)] == [0, 1, 1, 2]
     assert rows[3]["train/loss"] is None and np.isfinite(rows[6]["train/loss"])
-    params = checkpointed_params(cfg, tmp_path / "ref", range(2, 8))
+    assert committed_steps(tmp_path / "run")[-1] == 6
+    params = checkpointed_params(cfg, tmp_path / "run", range(2, 7))
     assert_same_tree(params[2], params[3])
     assert_same_tree(params[5], params[6])
-    assert not np.array_equal(leaves(params[6])[0][1], leaves(params[7])[0][1])  # a normal step moves them
-
-
-def test_skip_policy_stops_after_max_skipped(tmp_path, monkeypatch):
-    inject_nonfinite(monkeypatch, {2, 5, 9}, "loss")
-    with pytest.raises(loop.TrainingDiverged) as e:
-        loop.train(tiny(*RUN, "train.nonfinite=skip", "train.max_skipped=2"), tmp_path / "run", quiet=True)
-    msg = str(e.value)
-    assert "\n" not in msg and re.search(r"3 non-finite steps skipped, more than train.max_skipped=2 .*at step 9", msg)
-    assert "(step 8)" in msg and committed_steps(tmp_path / "run") == [4, 8]
+    assert not np.array_equal(leaves(params[4])[0][1], leaves(params[5])[0][1])  # a normal step moves them
 
 
 @pytest.mark.parametrize("override, culprit", [("train.nonfinite=ignore", "train.nonfinite='ignore'"),
