@@ -144,7 +144,7 @@ def test_teacher_at_another_resolution_gets_the_view_resized(teachers, tmp_path)
 
 
 def test_fixed_cache_is_reused_and_invalidated_when_the_teacher_changes(teachers, tmp_path):
-    cfg = student("distill.mode=fixed", f"distill.teachers=['{teachers[0]}']")
+    cfg = student("distill.mode=fixed", f"distill.teachers=['{teachers[0]}']", "data.num_train_examples=256")
     exp = loop.build(cfg)
     mesh = mesh_lib.data_mesh()
     t0, p0 = distill.load_teachers([str(teachers[0])])
@@ -167,6 +167,7 @@ def test_fixed_cache_is_reused_and_invalidated_when_the_teacher_changes(teachers
     it = pipeline.train_iterator(setup.train_source, global_batch_size=64, seed=0, shuffle=False,
                                  transform=setup.train_transform, extra_keys=setup.extra_keys)
     np.testing.assert_array_equal(next(it)[distill.TEACHER_LOGITS], first[:64])
+    assert len(first) == 256
     it.close()
 
 
