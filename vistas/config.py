@@ -61,7 +61,6 @@ class DataConfig:
     mixture: list[tuple[str, str, float]] = dataclasses.field(default_factory=list)
 
 
-
 @dataclasses.dataclass
 class ModelConfig:
     """A registry name plus options; size fields left ``None`` come from the variant.
