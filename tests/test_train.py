@@ -13,13 +13,13 @@ import signal
 import subprocess
 import sys
 import time
-import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import cli_env, committed_steps, requires_fashion_mnist, smoke, vistas_cmd
+from jax.sharding import AbstractMesh
 
 from vistas import checkpoint as ckpt_lib
 from vistas import cli
@@ -148,8 +148,13 @@ def test_checkpointer_round_trip_and_retention(tmp_path):
 
 
 def test_check_batch_size_with_8_devices():
-    fake_mesh = types.SimpleNamespace(devices=np.empty((8,), object))
+    fake_mesh = AbstractMesh((8,), ("data",))
     mesh_lib.check_batch_size(64, fake_mesh)
+    # with FSDP and tensor parallelism the batch is split over data x fsdp only
+    mixed = AbstractMesh((2, 2, 2), ("data", "fsdp", "model"))
+    mesh_lib.check_batch_size(60, mixed)
+    with pytest.raises(ConfigError, match="data.batch_size=62 is not divisible by the 4 devices"):
+        mesh_lib.check_batch_size(62, mixed)
     with pytest.raises(ConfigError) as e:
         mesh_lib.check_batch_size(60, fake_mesh)
     assert "data.batch_size=60" in str(e.value) and "8 devices" in str(e.value)
