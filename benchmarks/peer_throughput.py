@@ -1,0 +1,174 @@
+"""Training and inference throughput of vistas against timm (PyTorch, eager), in one run.
+
+    bash benchmarks/setup_timm.sh                      # once: timm + CPU torch in .venv-timm
+    python benchmarks/peer_throughput.py [--models vit-Ti/16,vit-S/16] [--batch 32] \
+        [--steps 5] [--repeats 5] [--timm-python .venv-timm/bin/python] [--json out.json]
+
+Both sides train the same ViT (224 px, 1000 classes, float32) with AdamW on random images
+and labels; warm-up steps are excluded, each repeat times ``--steps`` steps, and the table
+gives the median images/s with the spread (min-max) over repeats, MFU against this
+machine's float32 matmul peak measured in the same run (analytic ViT FLOPs: 3x forward
+for training), and the ratio vistas / timm. timm runs in its own process and environment
+(``--timm-python``), one side after the other, so they never share the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+TIMM_NAMES = {"vit-Ti/16": "vit_tiny_patch16_224", "vit-S/16": "vit_small_patch16_224",
+              "vit-B/16": "vit_base_patch16_224"}
+
+TIMM_SCRIPT = r"""
+import json, statistics, sys, time
+import torch, timm
+name, batch, steps, repeats, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+model = timm.create_model(name, num_classes=1000)
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+x = torch.randn(batch, 3, 224, 224)
+y = torch.randint(0, 1000, (batch,))
+loss_fn = torch.nn.CrossEntropyLoss()
+
+def train_step():
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    opt.step()
+    return float(loss)
+
+def infer_step():
+    with torch.inference_mode():
+        return float(model(x).sum())
+
+out = {}
+for kind, fn in (("train", train_step), ("infer", infer_step)):
+    model.train(kind == "train")
+    for _ in range(2):
+        fn()
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        rates.append(batch * steps / (time.perf_counter() - start))
+    out[kind] = rates
+print(json.dumps(out))
+"""
+
+
+def vistas_rates(name: str, batch: int, steps: int, repeats: int) -> dict[str, list[float]]:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from flax import nnx
+
+    from vistas import config as config_lib
+    from vistas.models import registry
+    from vistas.optim import builder
+    from vistas.train import losses
+    from vistas.train import step as step_lib
+
+    cfg = config_lib.apply_overrides(config_lib.Config(), [
+        f"model.name={name}", "data.image_size=224", "data.channels=3", "optim.name=adam",
+        "optim.lr=1e-3", "optim.wd=5e-5"])  # AdamW(lr 1e-3, weight decay 0.05): wd = lr x 0.05
+    model = registry.create(name, num_classes=1000, image_size=224, channels=3)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    params = nnx.to_pure_dict(params)
+    schedule = optax.constant_schedule(1.0)
+    tx = builder.from_config(params, cfg.optim, schedule)
+    train = jax.jit(step_lib.make_train_step(
+        graphdef, rest, tx, losses.get("softmax_xent"), lambda s: builder.current_lr(schedule, 1e-3, s),
+        use_rng=registry.needs_rng(model)), donate_argnums=(0,))
+    state = step_lib.init_state(params, tx, 0)
+    rng = np.random.default_rng(0)
+    batch_arrays = {"image": jnp.asarray(rng.normal(size=(batch, 224, 224, 3)), jnp.float32),
+                    "label": jnp.asarray(rng.integers(0, 1000, batch), jnp.int32)}
+
+    @jax.jit
+    def infer(params, images):
+        logits, _ = nnx.merge(graphdef, params, rest)(images)
+        return logits.sum()
+
+    out: dict[str, list[float]] = {"train": [], "infer": []}
+    for _ in range(2):
+        state, metrics = train(state, batch_arrays)
+        jax.block_until_ready(metrics)
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = train(state, batch_arrays)
+        jax.block_until_ready(metrics)
+        out["train"].append(batch * steps / (time.perf_counter() - start))
+    for _ in range(2):
+        infer(state["params"], batch_arrays["image"]).block_until_ready()
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            value = infer(state["params"], batch_arrays["image"])
+        value.block_until_ready()
+        out["infer"].append(batch * steps / (time.perf_counter() - start))
+    return out
+
+
+def forward_flops(name: str) -> float:
+    from vistas.models import vit
+    from vistas.systems import flops
+
+    return float(flops.vit_flops(
+        vit.variant_config(name.split("-", 1)[1], num_classes=1000, image_size=224, channels=3)))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="vit-Ti/16,vit-S/16")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default: the 2 cores)")
+    p.add_argument("--timm-python", default=".venv-timm/bin/python")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args()
+
+    from vistas.systems import mfu
+
+    peak = mfu.cpu_matmul_peak(2048)
+    rows = []
+    for name in args.models.split(","):
+        ours = vistas_rates(name, args.batch, args.steps, args.repeats)
+        proc = subprocess.run([args.timm_python, "-c", TIMM_SCRIPT, TIMM_NAMES[name], str(args.batch),
+                               str(args.steps), str(args.repeats), str(args.threads)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"timm run failed: {proc.stderr.strip().splitlines()[-1]}")
+        theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+        fwd = forward_flops(name)
+        for kind, mult in (("train", 3), ("infer", 1)):
+            a, b = statistics.median(ours[kind]), statistics.median(theirs[kind])
+            rows.append({"model": name, "kind": kind, "vistas": a, "vistas_min": min(ours[kind]),
+                         "vistas_max": max(ours[kind]), "timm": b, "timm_min": min(theirs[kind]),
+                         "timm_max": max(theirs[kind]), "ratio": a / b,
+                         "vistas_mfu": a * mult * fwd / peak, "timm_mfu": b * mult * fwd / peak})
+    print(f"float32 matmul peak of this machine: {peak / 1e9:.1f} GFLOP/s; batch {args.batch}, "
+          f"{args.repeats} repeats of {args.steps} steps")
+    print("| model | pass | vistas img/s (min-max) | timm img/s (min-max) | vistas / timm | MFU vistas | MFU timm |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['model']} | {r['kind']} | {r['vistas']:.1f} ({r['vistas_min']:.1f}-{r['vistas_max']:.1f}) | "
+              f"{r['timm']:.1f} ({r['timm_min']:.1f}-{r['timm_max']:.1f}) | {r['ratio']:.2f} | "
+              f"{r['vistas_mfu']:.1%} | {r['timm_mfu']:.1%} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"peak_flops": peak, "batch": args.batch, "rows": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
