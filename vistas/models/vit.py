@@ -36,6 +36,7 @@ import numpy as np
 from flax import nnx
 
 from vistas.errors import ConfigError
+from vistas.models import fast_layers
 from vistas.systems import sharding
 
 # width, depth, mlp_dim, num_heads
@@ -232,7 +233,7 @@ def _path_rngs(rng: jax.Array | None) -> list[jax.Array | None]:
 
 
 def _layer_norm(cfg: ViTConfig, features: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(features, epsilon=1e-6, use_bias=cfg.norm_bias, dtype=cfg.compute_dtype,
+    return fast_layers.LayerNorm(features, epsilon=1e-6, use_bias=cfg.norm_bias, dtype=cfg.compute_dtype,
                          param_dtype=cfg.params_dtype, rngs=rngs)
 
 
@@ -269,10 +270,10 @@ class Attention(nnx.Module):
         kw = dict(kernel_init=_xavier, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
                   rngs=rngs)
         shape = (cfg.num_heads, cfg.head_dim)
-        self.query = nnx.LinearGeneral(cfg.width, shape, use_bias=cfg.qkv_bias, **kw)
-        self.key = nnx.LinearGeneral(cfg.width, shape, use_bias=cfg.qkv_bias, **kw)
-        self.value = nnx.LinearGeneral(cfg.width, shape, use_bias=cfg.qkv_bias, **kw)
-        self.out = nnx.LinearGeneral(shape, cfg.width, axis=(-2, -1), **kw)
+        self.query = fast_layers.LinearGeneral(cfg.width, shape, use_bias=cfg.qkv_bias, **kw)
+        self.key = fast_layers.LinearGeneral(cfg.width, shape, use_bias=cfg.qkv_bias, **kw)
+        self.value = fast_layers.LinearGeneral(cfg.width, shape, use_bias=cfg.qkv_bias, **kw)
+        self.out = fast_layers.LinearGeneral(shape, cfg.width, axis=(-2, -1), **kw)
         if cfg.qk_norm:
             self.query_norm = _layer_norm(cfg, cfg.head_dim, rngs)
             self.key_norm = _layer_norm(cfg, cfg.head_dim, rngs)
@@ -291,8 +292,8 @@ class MLP(nnx.Module):
     def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
         kw = dict(kernel_init=_xavier, bias_init=_mlp_bias, dtype=cfg.compute_dtype,
                   param_dtype=cfg.params_dtype, rngs=rngs)
-        self.fc1 = nnx.Linear(cfg.width, cfg.mlp_dim, **kw)
-        self.fc2 = nnx.Linear(cfg.mlp_dim, cfg.width, **kw)
+        self.fc1 = fast_layers.Linear(cfg.width, cfg.mlp_dim, **kw)
+        self.fc2 = fast_layers.Linear(cfg.mlp_dim, cfg.width, **kw)
         self.approximate = cfg.gelu == "tanh"
 
     def __call__(self, x: jax.Array, rate: float = 0.0, rng: jax.Array | None = None) -> jax.Array:
@@ -375,7 +376,7 @@ class FusedParallelBlock(nnx.Module):
             return jnp.concatenate([_xavier(k1, (hd, shape[1]), dtype),
                                     _xavier(k2, (shape[0] - hd, shape[1]), dtype)])
 
-        self.out_proj = nnx.Linear(hd + cfg.mlp_dim, cfg.width, kernel_init=out_init,
+        self.out_proj = fast_layers.Linear(hd + cfg.mlp_dim, cfg.width, kernel_init=out_init,
                                    bias_init=_mlp_bias, dtype=cfg.compute_dtype,
                                    param_dtype=cfg.params_dtype, rngs=rngs)
         self.cfg = cfg
@@ -510,7 +511,7 @@ class VisionTransformer(nnx.Module):
         if cfg.pool == "map":
             self.map_head = MAPHead(cfg, rngs=rngs)
         if cfg.representation_size:
-            self.pre_logits = nnx.Linear(cfg.width, cfg.representation_size,
+            self.pre_logits = fast_layers.Linear(cfg.width, cfg.representation_size,
                                          param_dtype=cfg.params_dtype, rngs=rngs)
         self.reset_head(cfg.num_classes, rngs=rngs)
 
@@ -528,7 +529,7 @@ class VisionTransformer(nnx.Module):
         cfg = self.cfg
         kernel_init = _zeros if cfg.head_zeroinit else _xavier
         bias_init = nnx.initializers.constant(cfg.head_bias_init)
-        self.head = nnx.Linear(
+        self.head = fast_layers.Linear(
             self.num_features, num_classes, kernel_init=kernel_init, bias_init=bias_init,
             param_dtype=cfg.params_dtype, rngs=rngs,
         )

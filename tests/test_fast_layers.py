@@ -1,0 +1,82 @@
+"""The CPU-friendly layers equal the flax.nnx layers they replace: outputs and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from vistas.models import fast_layers
+from vistas.systems import xla_cpu
+
+
+def _grads(layer, x):
+    graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
+
+    def loss(params, x):
+        y = nnx.merge(graphdef, params, rest)(x)
+        return jnp.sum(jnp.sin(y.astype(jnp.float32)))  # a non-trivial cotangent
+
+    value, (gp, gx) = jax.value_and_grad(loss, argnums=(0, 1))(params, x)
+    return value, nnx.to_pure_dict(gp), gx
+
+
+def _pair(fast_cls, ref_cls, *args, **kw):
+    return fast_cls(*args, rngs=nnx.Rngs(0), **kw), ref_cls(*args, rngs=nnx.Rngs(0), **kw)
+
+
+def _randomise(layer, seed):
+    """Non-trivial values for every parameter (LayerNorm starts at scale 1, bias 0)."""
+    rng = np.random.default_rng(seed)
+    for _, p in nnx.iter_graph(layer):
+        if isinstance(p, nnx.Param):
+            p[...] = jnp.asarray(rng.normal(size=p[...].shape), p[...].dtype)
+
+
+CASES = [
+    ("linear", fast_layers.Linear, nnx.Linear, (24, 40), {}, (3, 7, 24)),
+    ("linear_no_bias", fast_layers.Linear, nnx.Linear, (24, 40), {"use_bias": False}, (5, 24)),
+    ("qkv", fast_layers.LinearGeneral, nnx.LinearGeneral, (24, (4, 6)), {}, (2, 9, 24)),
+    ("out", fast_layers.LinearGeneral, nnx.LinearGeneral, ((4, 6), 24), {"axis": (-2, -1)}, (2, 9, 4, 6)),
+    ("layernorm", fast_layers.LayerNorm, nnx.LayerNorm, (24,), {"epsilon": 1e-6}, (2, 9, 24)),
+    ("layernorm_no_bias", fast_layers.LayerNorm, nnx.LayerNorm, (24,), {"use_bias": False}, (4, 24)),
+]
+
+
+@pytest.mark.parametrize("name,fast_cls,ref_cls,args,kw,shape", CASES, ids=[c[0] for c in CASES])
+def test_matches_nnx_layer(name, fast_cls, ref_cls, args, kw, shape):
+    fast, ref = _pair(fast_cls, ref_cls, *args, **kw)
+    _randomise(fast, 1)
+    _randomise(ref, 1)
+    x = jnp.asarray(np.random.default_rng(2).normal(size=shape) * 3 + 1, jnp.float32)
+    np.testing.assert_allclose(fast(x), ref(x), rtol=1e-5, atol=1e-5)
+    vf, gpf, gxf = _grads(fast, x)
+    vr, gpr, gxr = _grads(ref, x)
+    np.testing.assert_allclose(vf, vr, rtol=1e-5)
+    np.testing.assert_allclose(gxf, gxr, rtol=1e-4, atol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), gpf, gpr)
+
+
+def test_bfloat16_compute_keeps_dtypes():
+    fast, ref = _pair(fast_layers.LayerNorm, nnx.LayerNorm, 16, dtype=jnp.bfloat16)
+    _randomise(fast, 3)
+    _randomise(ref, 3)
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(6, 16)), jnp.bfloat16)
+    assert fast(x).dtype == ref(x).dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(fast(x), np.float32), np.asarray(ref(x), np.float32), atol=0.05)
+    _, gp, gx = _grads(fast, x)
+    assert gx.dtype == jnp.bfloat16 and gp["scale"].dtype == jnp.float32
+
+
+def test_other_forms_fall_back_to_nnx():
+    """Contractions the fast path does not handle (not the trailing axes) are nnx's own."""
+    fast, ref = _pair(fast_layers.LinearGeneral, nnx.LinearGeneral, 5, 7, axis=1)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 5, 2)), jnp.float32)
+    np.testing.assert_allclose(fast(x), ref(x), rtol=1e-6)
+
+
+def test_xla_defaults_respect_the_users_flags():
+    assert xla_cpu.flags_with_defaults("") == "--xla_cpu_experimental_ynn_fusion_type="
+    assert xla_cpu.flags_with_defaults("--foo=1") == "--foo=1 --xla_cpu_experimental_ynn_fusion_type="
+    own = "--xla_cpu_experimental_ynn_fusion_type=dot"
+    assert xla_cpu.flags_with_defaults(own) == own

@@ -1,0 +1,153 @@
+"""Linear, LinearGeneral and LayerNorm with backward passes that suit XLA:CPU.
+
+Drop-in subclasses of the ``flax.nnx`` layers: same parameters, names, shapes and outputs
+(within float rounding). On the CPU backend their gradients are written by hand so that
+every reduction over the batch and token rows (bias and LayerNorm scale/bias gradients,
+the kernel gradient) is a matrix product. XLA:CPU lowers a column reduction of a
+``[rows, features]`` gradient to a slow windowed reduction, while a matrix-vector product
+runs in its multi-threaded matmul kernels; on the ViT-Ti/16 training step this is worth
+about 10% (``benchmarks/peer_throughput.py``, docs/performance.md). On other backends
+the layers are exactly the ``nnx`` ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def _on_cpu() -> bool:
+    return jax.default_backend() == "cpu"
+
+
+def _column_sum(g2: jax.Array) -> jax.Array:
+    """``g2.sum(0)`` for a ``[rows, n]`` array, as a vector-matrix product."""
+    return jnp.ones((g2.shape[0],), g2.dtype) @ g2
+
+
+@jax.custom_vjp
+def affine(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """``x @ kernel + bias`` for ``x [..., K]``, ``kernel [K, N]``, ``bias [N]``."""
+    return x @ kernel + bias
+
+
+def _affine_fwd(x, kernel, bias):
+    return x @ kernel + bias, (x, kernel)
+
+
+def _affine_bwd(res, g):
+    x, kernel = res
+    g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+    return g @ kernel.T, x2.T @ g2, _column_sum(g2)
+
+
+affine.defvjp(_affine_fwd, _affine_bwd)
+
+
+@jax.custom_vjp
+def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``x @ kernel`` for ``x [..., K]``, ``kernel [K, N]``; the kernel gradient as one 2-D matmul."""
+    return x @ kernel
+
+
+def _matmul_fwd(x, kernel):
+    return x @ kernel, (x, kernel)
+
+
+def _matmul_bwd(res, g):
+    x, kernel = res
+    return g @ kernel.T, x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def _row_mean(x: jax.Array) -> jax.Array:
+    return jnp.mean(x, axis=-1, keepdims=True)
+
+
+def layer_norm(x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, eps: float) -> jax.Array:
+    """LayerNorm over the last axis; statistics in float32, output in ``x``'s dtype."""
+    n = x.shape[-1]
+    scale = jnp.ones((n,), jnp.float32) if scale is None else scale
+    bias = jnp.zeros((n,), jnp.float32) if bias is None else bias
+    return _layer_norm(x, scale, bias, eps)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm(x, scale, bias, eps):
+    return _ln_fwd(x, scale, bias, eps)[0]
+
+
+def _ln_fwd(x, scale, bias, eps):
+    xf = x.astype(jnp.float32)
+    centred = xf - _row_mean(xf)
+    inv = jax.lax.rsqrt(_row_mean(centred * centred) + eps)
+    xhat = centred * inv
+    y = xhat * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    return y.astype(x.dtype), (xhat, inv, scale, bias)
+
+
+def _ln_bwd(eps, res, g):
+    xhat, inv, scale, bias = res
+    n, g_dtype = g.shape[-1], g.dtype
+    g = g.astype(jnp.float32)
+    d = g * scale.astype(jnp.float32)
+    dx = inv * (d - _row_mean(d) - xhat * _row_mean(d * xhat))
+    dscale = _column_sum((g * xhat).reshape(-1, n)).astype(scale.dtype)
+    dbias = _column_sum(g.reshape(-1, n)).astype(bias.dtype)
+    return dx.astype(g_dtype), dscale, dbias
+
+
+_layer_norm.defvjp(_ln_fwd, _ln_bwd)
+
+
+class Linear(nnx.Linear):
+    """``nnx.Linear`` whose gradient reductions are matmuls on CPU."""
+
+    def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
+        if not _on_cpu() or out_sharding is not None or self.preferred_element_type is not None:
+            return super().__call__(inputs, out_sharding)
+        kernel = self.kernel[...]
+        bias = self.bias[...] if self.bias is not None else None
+        inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
+        return matmul(inputs, kernel) if bias is None else affine(inputs, kernel, bias)
+
+
+class LinearGeneral(nnx.LinearGeneral):
+    """``nnx.LinearGeneral`` over trailing axes (no batch axes), with matmul gradients on CPU."""
+
+    def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
+        n_in = len(self.axis) if isinstance(self.axis, tuple) else 1
+        axes = tuple(a % inputs.ndim for a in (self.axis if isinstance(self.axis, tuple) else (self.axis,)))
+        trailing = axes == tuple(range(inputs.ndim - n_in, inputs.ndim))
+        if (not _on_cpu() or self.batch_axis or not trailing or out_sharding is not None
+                or self.preferred_element_type is not None):
+            return super().__call__(inputs, out_sharding)
+        kernel = self.kernel[...]
+        bias = self.bias[...] if self.bias is not None else None
+        inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
+        k_in = math.prod(kernel.shape[:n_in])
+        out_shape = kernel.shape[n_in:]
+        x2 = inputs.reshape(inputs.shape[:inputs.ndim - n_in] + (k_in,))
+        k2 = kernel.reshape(k_in, -1)
+        y = matmul(x2, k2) if bias is None else affine(x2, k2, bias.reshape(-1))
+        return y.reshape(x2.shape[:-1] + out_shape)
+
+
+class LayerNorm(nnx.LayerNorm):
+    """``nnx.LayerNorm`` over the last axis with matmul parameter gradients on CPU."""
+
+    def __call__(self, x: jax.Array, *, mask=None) -> jax.Array:
+        last = tuple(a % x.ndim for a in (self.reduction_axes if isinstance(self.reduction_axes, tuple)
+                                          else (self.reduction_axes,))) == (x.ndim - 1,)
+        if not _on_cpu() or mask is not None or not last or self.feature_axes not in (-1, (-1,)):
+            return super().__call__(x, mask=mask)
+        scale = self.scale[...] if self.scale is not None else None
+        bias = self.bias[...] if self.bias is not None else None
+        dtype = self.dtype or jnp.result_type(x, *(p for p in (scale, bias) if p is not None))
+        return layer_norm(x.astype(dtype), scale, bias, self.epsilon)
