@@ -1,7 +1,8 @@
 """Input-pipeline throughput on real-size JPEGs: images per CPU-second (one core), with and
 without RandAugment, from an image folder and from packed shards (with JPEG resize-on-decode).
 
-    python benchmarks/input_pipeline.py [--images 512] [--size 500x375] [--out runs/input_pipeline]
+    python benchmarks/input_pipeline.py [--images 512] [--size 500x375] [--out runs/input_pipeline] \
+        [--torchvision-python .venv-timm/bin/python]
 
 Fashion-MNIST training images are upscaled to SIZE (width x height, ImageNet's typical
 500x375 by default), turned to RGB and written as JPEG (quality 90) into class folders;
@@ -12,6 +13,11 @@ used (``time.process_time``): images/s per core, not disturbed by other jobs on 
 machine. With ``--workers N`` the variants also run in N worker processes, timed by the
 wall clock (which other jobs do disturb). Prints a Markdown table and writes
 OUT/results.json (docs/recipes.md).
+
+The peer: with ``--torchvision-python`` (the environment of ``benchmarks/setup_timm.sh``) the
+same JPEG folder is read by ``torchvision.datasets.ImageFolder`` with ``RandomResizedCrop(224)``,
+``RandomHorizontalFlip``, ``ToTensor`` and ``Normalize`` in a ``DataLoader`` (no worker
+processes, one thread), timed the same way, and the table gives the ratio vistas / torchvision.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import json
 import os
 import pathlib
+import subprocess
 import tempfile
 import time
 
@@ -37,6 +44,32 @@ def write_jpegs(root: pathlib.Path, n: int, size: tuple[int, int]) -> None:
         d.mkdir(parents=True, exist_ok=True)
         img = Image.fromarray(example["image"][:, :, 0]).resize(size, Image.Resampling.BILINEAR)
         img.convert("RGB").save(d / f"{i:06d}.jpg", quality=90)
+
+
+TORCHVISION_SCRIPT = r"""
+import sys, time
+import torch
+from torchvision import datasets, transforms
+torch.set_num_threads(1)
+torch.manual_seed(0)
+folder, batches, batch_size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                         transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
+loader = torch.utils.data.DataLoader(datasets.ImageFolder(folder, tf), batch_size=batch_size,
+                                     shuffle=True, num_workers=0, drop_last=True)
+it = iter(loader)
+next(it)
+start = time.process_time()
+for _ in range(batches):
+    next(it)
+print(batches * batch_size / (time.process_time() - start))
+"""
+
+
+def torchvision_throughput(python: str, folder: pathlib.Path, *, batches: int, batch_size: int) -> float:
+    out = subprocess.run([python, "-c", TORCHVISION_SCRIPT, str(folder), str(batches), str(batch_size)],
+                         check=True, capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def throughput(source, augment, *, batches: int, batch_size: int, workers: int) -> float:
@@ -62,6 +95,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0, help="also run with this many worker processes")
     p.add_argument("--out", default="runs/input_pipeline")
+    p.add_argument("--torchvision-python", default=None,
+                   help="Python with torchvision (e.g. .venv-timm/bin/python) to time the same folder")
     args = p.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
     out = pathlib.Path(args.out)
@@ -92,12 +127,26 @@ def main() -> None:
                     rows.append({"source": source_name, "augmentation": aug_name, "workers": workers,
                                  "images_per_s": ips})
                     print(f"{source_name:<32} {aug_name:<34} workers={workers}: {ips:7.1f} images/s", flush=True)
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+        peer = None
+        if args.torchvision_python:
+            if args.images < (args.batches + 1) * args.batch_size:
+                raise SystemExit(f"--images {args.images} is fewer than the {(args.batches + 1) * args.batch_size} "
+                                 "images torchvision reads once each ((batches + 1) x batch size)")
+            peer = torchvision_throughput(args.torchvision_python, folder, batches=args.batches,
+                                          batch_size=args.batch_size)
+            print(f"{'torchvision ImageFolder + DataLoader':<32} {'crop + flip':<34} workers=0: {peer:7.1f} images/s")
+    (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows, "torchvision": peer},
+                                                 indent=2))
     print(f"\n| source ({w}x{h} JPEG -> 224) | augmentation | worker processes | images/s |"
           "\n| --- | --- | --- | --- |")
     for r in rows:
         where = "none: per CPU-second" if not r["workers"] else f"{r['workers']} (wall clock)"
         print(f"| {r['source']} | {r['augmentation']} | {where} | {r['images_per_s']:.0f} |")
+    if peer:
+        print(f"| torchvision ImageFolder, DataLoader | crop + flip | none: per CPU-second | {peer:.0f} |")
+        base = next(r["images_per_s"] for r in rows if r["source"] == "image folder" and not r["workers"]
+                    and r["augmentation"] == "crop + flip")
+        print(f"\nvistas image folder / torchvision, crop + flip, per CPU-second: {base / peer:.2f}")
 
 
 if __name__ == "__main__":
