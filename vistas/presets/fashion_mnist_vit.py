@@ -5,11 +5,11 @@ Model: ViT with patch 7 (16 tokens of a 28x28 image), width 128, depth 4, MLP 51
 3% warmup then cosine, batch 128, 5 epochs (2,344 steps), horizontal flips only.
 
 Command: ``make demo``, i.e. ``vistas train --preset fashion_mnist_vit --workdir runs/demo``.
-Runtime: 9 min 03 s of wall time for ``make demo`` on a clean clone on a 2-core CPU
-(install excluded; data check and compilation included), about 610 img/s while training.
-Result: 87.93% test top-1 on the 10,000 Fashion-MNIST test images (per epoch: 81.5,
-84.1, 85.8, 87.3, 87.9); the same figures were seen in two runs, as the run is
-deterministic given its seed.
+Runtime: 4 min 44 s of wall time for ``vistas train --preset fashion_mnist_vit`` on an idle 2-core
+CPU (data check and compilation included), about 1,150 img/s while training (9 min 03 s and
+610 img/s before the XLA:CPU speed-ups of docs/performance.md).
+Result: 87.90% test top-1 on the 10,000 Fashion-MNIST test images (per epoch: 80.5,
+84.0, 85.3, 87.6, 87.9); the run is deterministic given its seed.
 """
 
 from vistas.config import Config
