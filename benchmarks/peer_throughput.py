@@ -2,7 +2,8 @@
 
     bash benchmarks/setup_timm.sh                      # once: timm + CPU torch in .venv-timm
     python benchmarks/peer_throughput.py [--models vit-Ti/16,vit-S/16] [--batch 32] \
-        [--steps 5] [--repeats 5] [--timm-python .venv-timm/bin/python] [--json out.json]
+        [--steps 5] [--repeats 5] [--timm-python .venv-timm/bin/python] [--timm-huge-pages] \
+        [--json out.json]
 
 Both sides train the same ViT (224 px, 1000 classes, float32) with AdamW on random images
 and labels; warm-up steps are excluded, each repeat times ``--steps`` steps, and the table
@@ -10,6 +11,10 @@ gives the median images/s with the spread (min-max) over repeats, MFU against th
 machine's float32 matmul peak measured in the same run (analytic ViT FLOPs: 3x forward
 for training), and the ratio vistas / timm. timm runs in its own process and environment
 (``--timm-python``), one side after the other, so they never share the cores.
+
+vistas runs as the ``vistas`` command does: restarted with huge pages for XLA's buffers
+where that helps (``vistas.systems.xla_cpu``). timm runs as its users start it, and, with
+``--timm-huge-pages``, a second time with the same ``GLIBC_TUNABLES`` (columns ``timm+hp``).
 """
 
 from __future__ import annotations
@@ -118,6 +123,15 @@ def vistas_rates(name: str, batch: int, steps: int, repeats: int) -> dict[str, l
     return out
 
 
+def timm_rates(args: argparse.Namespace, name: str, env: dict) -> dict[str, list[float]]:
+    proc = subprocess.run([args.timm_python, "-c", TIMM_SCRIPT, TIMM_NAMES[name], str(args.batch),
+                           str(args.steps), str(args.repeats), str(args.threads)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode:
+        sys.exit(f"timm run failed: {proc.stderr.strip().splitlines()[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def forward_flops(name: str) -> float:
     from vistas.models import vit
     from vistas.systems import flops
@@ -134,39 +148,54 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: the 2 cores)")
     p.add_argument("--timm-python", default=".venv-timm/bin/python")
+    p.add_argument("--timm-huge-pages", action="store_true",
+                   help="also run timm with vistas' huge-page allocator setting")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
 
-    from vistas.systems import mfu
+    from vistas.systems import mfu, xla_cpu
+
+    xla_cpu.restart_with_huge_pages()  # as the `vistas` command does (returns if nothing changes)
+    huge_pages = xla_cpu.huge_pages_status()
+    plain_env = xla_cpu.environ_before_restart()
+    hp_env = dict(plain_env, GLIBC_TUNABLES=xla_cpu.tunables_with_huge_pages(
+        plain_env.get("GLIBC_TUNABLES", "")))
 
     peak = mfu.cpu_matmul_peak(2048)
     rows = []
     for name in args.models.split(","):
         ours = vistas_rates(name, args.batch, args.steps, args.repeats)
-        proc = subprocess.run([args.timm_python, "-c", TIMM_SCRIPT, TIMM_NAMES[name], str(args.batch),
-                               str(args.steps), str(args.repeats), str(args.threads)],
-                              capture_output=True, text=True)
-        if proc.returncode:
-            sys.exit(f"timm run failed: {proc.stderr.strip().splitlines()[-1]}")
-        theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+        theirs = timm_rates(args, name, plain_env)
+        theirs_hp = timm_rates(args, name, hp_env) if args.timm_huge_pages else None
         fwd = forward_flops(name)
         for kind, mult in (("train", 3), ("infer", 1)):
             a, b = statistics.median(ours[kind]), statistics.median(theirs[kind])
-            rows.append({"model": name, "kind": kind, "vistas": a, "vistas_min": min(ours[kind]),
-                         "vistas_max": max(ours[kind]), "timm": b, "timm_min": min(theirs[kind]),
-                         "timm_max": max(theirs[kind]), "ratio": a / b,
-                         "vistas_mfu": a * mult * fwd / peak, "timm_mfu": b * mult * fwd / peak})
+            row = {"model": name, "kind": kind, "vistas": a, "vistas_min": min(ours[kind]),
+                   "vistas_max": max(ours[kind]), "timm": b, "timm_min": min(theirs[kind]),
+                   "timm_max": max(theirs[kind]), "ratio": a / b,
+                   "vistas_mfu": a * mult * fwd / peak, "timm_mfu": b * mult * fwd / peak}
+            if theirs_hp:
+                c = statistics.median(theirs_hp[kind])
+                row.update(timm_hp=c, timm_hp_min=min(theirs_hp[kind]), timm_hp_max=max(theirs_hp[kind]),
+                           ratio_hp=a / c, timm_hp_mfu=c * mult * fwd / peak)
+            rows.append(row)
     print(f"float32 matmul peak of this machine: {peak / 1e9:.1f} GFLOP/s; batch {args.batch}, "
-          f"{args.repeats} repeats of {args.steps} steps")
-    print("| model | pass | vistas img/s (min-max) | timm img/s (min-max) | vistas / timm | MFU vistas | MFU timm |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+          f"{args.repeats} repeats of {args.steps} steps; vistas huge pages: "
+          f"{'on' if huge_pages[0] else 'off'} ({huge_pages[1]})")
+    hp = args.timm_huge_pages
+    print("| model | pass | vistas img/s (min-max) | timm img/s (min-max) | vistas / timm | "
+          + ("timm+hp img/s (min-max) | vistas / timm+hp | " if hp else "") + "MFU vistas | MFU timm |")
+    print("| --- | --- | ---: | ---: | ---: | " + ("---: | ---: | " if hp else "") + "---: | ---: |")
     for r in rows:
+        extra = (f"{r['timm_hp']:.1f} ({r['timm_hp_min']:.1f}-{r['timm_hp_max']:.1f}) | {r['ratio_hp']:.2f} | "
+                 if hp else "")
         print(f"| {r['model']} | {r['kind']} | {r['vistas']:.1f} ({r['vistas_min']:.1f}-{r['vistas_max']:.1f}) | "
-              f"{r['timm']:.1f} ({r['timm_min']:.1f}-{r['timm_max']:.1f}) | {r['ratio']:.2f} | "
+              f"{r['timm']:.1f} ({r['timm_min']:.1f}-{r['timm_max']:.1f}) | {r['ratio']:.2f} | {extra}"
               f"{r['vistas_mfu']:.1%} | {r['timm_mfu']:.1%} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"peak_flops": peak, "batch": args.batch, "rows": rows}, f, indent=2)
+            json.dump({"peak_flops": peak, "batch": args.batch, "huge_pages": huge_pages[0],
+                       "huge_pages_why": huge_pages[1], "rows": rows}, f, indent=2)
     return 0
 
 

@@ -31,7 +31,7 @@ def assert_one_line_error(code, out, err, *culprits):
 
 def test_console_script_is_declared():
     scripts = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")}
-    assert scripts.get("vistas") == "vistas.cli:main"
+    assert scripts.get("vistas") == "vistas.cli:console"
 
 
 def test_models_json(capsys):

@@ -540,5 +540,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The ``vistas`` console script: restart with huge pages when that helps, then run."""
+    from vistas.systems import xla_cpu
+
+    xla_cpu.restart_with_huge_pages()  # replaces the process (same arguments) or returns
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console()

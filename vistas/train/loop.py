@@ -35,7 +35,7 @@ from vistas.evaluate import calibration
 from vistas.models import registry
 from vistas.optim import builder, schedules
 from vistas.systems import mesh as mesh_lib
-from vistas.systems import mfu, sharding
+from vistas.systems import mfu, sharding, xla_cpu
 from vistas.train import distill, losses
 from vistas.train import step as step_lib
 from vistas.train.metrics import MetricsWriter, plot_curves, write_file
@@ -431,6 +431,9 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
         f"{d.dataset}:{d.train_split} ({len(exp.train_source):,} examples), "
         f"{exp.total_steps} steps of batch {d.batch_size}, {len(jax.devices())} device(s); "
         + (f"resuming at step {start}" if start else "starting"))
+    if jax.default_backend() == "cpu" and not xla_cpu.huge_pages_status()[0]:
+        say("vistas: XLA's CPU buffers use 4 KiB pages here (the `vistas` command restarts with "
+            "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 where it helps; docs/performance.md)")
 
     progress = _Progress(exp.total_steps, start, enabled=t.progress and not quiet)
     step = start
