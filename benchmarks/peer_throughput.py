@@ -7,7 +7,8 @@
 
 Both sides train the same ViT (224 px, 1000 classes, float32) with AdamW on random images
 and labels; warm-up steps are excluded, each repeat times ``--steps`` steps, and the table
-gives the median images/s with the spread (min-max) over repeats, MFU against this
+gives the median images/s with the spread (min-max) over repeats, the peak resident memory
+of each side's process (vistas also runs one process per model), MFU against this
 machine's float32 matmul peak measured in the same run (analytic ViT FLOPs: 3x forward
 for training), and the ratio vistas / timm. timm runs in its own process and environment
 (``--timm-python``), one side after the other, so they never share the cores.
@@ -30,7 +31,7 @@ TIMM_NAMES = {"vit-Ti/16": "vit_tiny_patch16_224", "vit-S/16": "vit_small_patch1
               "vit-B/16": "vit_base_patch16_224"}
 
 TIMM_SCRIPT = r"""
-import json, statistics, sys, time
+import json, resource, statistics, sys, time
 import torch, timm
 name, batch, steps, repeats, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(threads)
@@ -64,6 +65,7 @@ for kind, fn in (("train", train_step), ("infer", infer_step)):
             fn()
         rates.append(batch * steps / (time.perf_counter() - start))
     out[kind] = rates
+out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(out))
 """
 
@@ -123,6 +125,16 @@ def vistas_rates(name: str, batch: int, steps: int, repeats: int) -> dict[str, l
     return out
 
 
+def vistas_worker(args: argparse.Namespace, name: str) -> dict:
+    """vistas on one model in a process of its own (so its peak memory is its own)."""
+    proc = subprocess.run([sys.executable, __file__, "--worker", name, "--batch", str(args.batch),
+                           "--steps", str(args.steps), "--repeats", str(args.repeats)],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"vistas run failed: {proc.stderr.strip().splitlines()[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def timm_rates(args: argparse.Namespace, name: str, env: dict) -> dict[str, list[float]]:
     proc = subprocess.run([args.timm_python, "-c", TIMM_SCRIPT, TIMM_NAMES[name], str(args.batch),
                            str(args.steps), str(args.repeats), str(args.threads)],
@@ -151,7 +163,15 @@ def main() -> int:
     p.add_argument("--timm-huge-pages", action="store_true",
                    help="also run timm with vistas' huge-page allocator setting")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure vistas on one model
     args = p.parse_args()
+    if args.worker:
+        import resource
+
+        out = vistas_rates(args.worker, args.batch, args.steps, args.repeats)
+        out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(out))
+        return 0
 
     from vistas.systems import mfu, xla_cpu
 
@@ -164,7 +184,7 @@ def main() -> int:
     peak = mfu.cpu_matmul_peak(2048)
     rows = []
     for name in args.models.split(","):
-        ours = vistas_rates(name, args.batch, args.steps, args.repeats)
+        ours = vistas_worker(args, name)
         theirs = timm_rates(args, name, plain_env)
         theirs_hp = timm_rates(args, name, hp_env) if args.timm_huge_pages else None
         fwd = forward_flops(name)
@@ -173,11 +193,13 @@ def main() -> int:
             row = {"model": name, "kind": kind, "vistas": a, "vistas_min": min(ours[kind]),
                    "vistas_max": max(ours[kind]), "timm": b, "timm_min": min(theirs[kind]),
                    "timm_max": max(theirs[kind]), "ratio": a / b,
-                   "vistas_mfu": a * mult * fwd / peak, "timm_mfu": b * mult * fwd / peak}
+                   "vistas_mfu": a * mult * fwd / peak, "timm_mfu": b * mult * fwd / peak,
+                   "vistas_rss_mib": ours["peak_rss_mib"], "timm_rss_mib": theirs["peak_rss_mib"]}
             if theirs_hp:
                 c = statistics.median(theirs_hp[kind])
                 row.update(timm_hp=c, timm_hp_min=min(theirs_hp[kind]), timm_hp_max=max(theirs_hp[kind]),
-                           ratio_hp=a / c, timm_hp_mfu=c * mult * fwd / peak)
+                           ratio_hp=a / c, timm_hp_mfu=c * mult * fwd / peak,
+                           timm_hp_rss_mib=theirs_hp["peak_rss_mib"])
             rows.append(row)
     print(f"float32 matmul peak of this machine: {peak / 1e9:.1f} GFLOP/s; batch {args.batch}, "
           f"{args.repeats} repeats of {args.steps} steps; vistas huge pages: "
@@ -192,6 +214,13 @@ def main() -> int:
         print(f"| {r['model']} | {r['kind']} | {r['vistas']:.1f} ({r['vistas_min']:.1f}-{r['vistas_max']:.1f}) | "
               f"{r['timm']:.1f} ({r['timm_min']:.1f}-{r['timm_max']:.1f}) | {r['ratio']:.2f} | {extra}"
               f"{r['vistas_mfu']:.1%} | {r['timm_mfu']:.1%} |")
+    print("\npeak resident memory of the process (training, then inference), MiB:")
+    print("| model | vistas | timm | vistas / timm |" + (" timm+hp |" if hp else ""))
+    print("| --- | ---: | ---: | ---: |" + (" ---: |" if hp else ""))
+    for r in rows[::2]:
+        print(f"| {r['model']} | {r['vistas_rss_mib']:,.0f} | {r['timm_rss_mib']:,.0f} | "
+              f"{r['vistas_rss_mib'] / r['timm_rss_mib']:.2f} |"
+              + (f" {r['timm_hp_rss_mib']:,.0f} |" if hp else ""))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"peak_flops": peak, "batch": args.batch, "huge_pages": huge_pages[0],

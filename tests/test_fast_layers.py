@@ -80,3 +80,42 @@ def test_xla_defaults_respect_the_users_flags():
     assert xla_cpu.flags_with_defaults("--foo=1") == "--foo=1 --xla_cpu_experimental_ynn_fusion_type="
     own = "--xla_cpu_experimental_ynn_fusion_type=dot"
     assert xla_cpu.flags_with_defaults(own) == own
+
+
+@pytest.mark.parametrize("approximate", [True, False])
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 1e-2)])
+def test_gelu_matches_jax_in_value_and_gradient(approximate, dtype, tol):
+    """Values are jax's own; gradients agree with jax's float32 autodiff to float rounding
+    (bfloat16: to bfloat16 rounding; the hand-written gradient is computed in float32)."""
+    x = jnp.asarray(np.random.default_rng(0).normal(scale=3.0, size=(4, 7, 33)), dtype)
+    g = jnp.asarray(np.random.default_rng(1).normal(size=x.shape), dtype)
+    ours, ours_vjp = jax.vjp(lambda v: fast_layers.gelu(v, approximate), x)
+    ref = jax.nn.gelu(x, approximate=approximate)
+    assert ours.dtype == ref.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(ours, np.float32), np.asarray(ref, np.float32))
+    _, ref_vjp = jax.vjp(lambda v: jax.nn.gelu(v, approximate=approximate), x.astype(jnp.float32))
+    (gx,), (gr,) = ours_vjp(g), ref_vjp(g.astype(jnp.float32))
+    assert gx.dtype == dtype
+    np.testing.assert_allclose(np.asarray(gx, np.float32), np.asarray(gr), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_softmax_matches_jax_in_value_and_gradient(axis):
+    x = jnp.asarray(np.random.default_rng(0).normal(scale=4.0, size=(3, 5, 9)), jnp.float32)
+    g = jnp.asarray(np.random.default_rng(1).normal(size=x.shape), jnp.float32)
+    ours, ours_vjp = jax.vjp(lambda v: fast_layers.softmax(v, axis), x)
+    ref, ref_vjp = jax.vjp(lambda v: jax.nn.softmax(v, axis=axis), x)
+    np.testing.assert_array_equal(ours, ref)
+    np.testing.assert_allclose(ours_vjp(g)[0], ref_vjp(g)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_gelu_and_softmax_keep_one_array_for_the_backward_pass():
+    from jax._src.ad_checkpoint import saved_residuals
+
+    x = jnp.ones((8, 16), jnp.float32)
+    for fn in (lambda v: fast_layers.gelu(v, True), lambda v: fast_layers.softmax(v, -1)):
+        saved = [aval for aval, _ in saved_residuals(lambda v, f=fn: f(v).sum(), x) if aval.shape == x.shape]
+        assert len(saved) == 1
+    auto = [aval for aval, _ in saved_residuals(lambda v: jax.nn.gelu(v, approximate=True).sum(), x)
+            if aval.shape == x.shape]
+    assert len(auto) > 1  # what the hand-written gradient saves

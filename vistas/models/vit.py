@@ -244,7 +244,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """
     q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    weights = fast_layers.softmax(logits.astype(jnp.float32), -1).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
@@ -297,7 +297,7 @@ class MLP(nnx.Module):
         self.approximate = cfg.gelu == "tanh"
 
     def __call__(self, x: jax.Array, rate: float = 0.0, rng: jax.Array | None = None) -> jax.Array:
-        x = jax.nn.gelu(_hidden(self.fc1(x)), approximate=self.approximate)
+        x = fast_layers.gelu(_hidden(self.fc1(x)), self.approximate)
         return _tokens(self.fc2(dropout(x, rate, rng)))
 
 
@@ -396,7 +396,7 @@ class FusedParallelBlock(nnx.Module):
             bias = jnp.concatenate([jnp.zeros((3 * h * dh,), z.dtype), bias])
         z = z + bias
         q, k, v = (z[..., i * h * dh:(i + 1) * h * dh].reshape(b, n, h, dh) for i in range(3))
-        hidden = jax.nn.gelu(z[..., 3 * h * dh:], approximate=cfg.gelu == "tanh")
+        hidden = fast_layers.gelu(z[..., 3 * h * dh:], cfg.gelu == "tanh")
         if cfg.qk_norm:
             q, k = self.query_norm(q), self.key_norm(k)
         a = attend(q, k, v).reshape(b, n, h * dh)
