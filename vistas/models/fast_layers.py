@@ -128,14 +128,18 @@ def _gelu_fwd(x, approximate):
     return jax.nn.gelu(x, approximate=approximate), x
 
 
-def _gelu_bwd(approximate, x, g):
+def _gelu_slope(x: jax.Array, approximate: bool) -> jax.Array:
+    """d gelu / dx, in float32."""
     xf = x.astype(jnp.float32)
     if approximate:  # d/dx 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)
         t = jnp.tanh(_SQRT_2_OVER_PI * (xf + _GELU_CUBIC * xf * xf * xf))
-        d = 0.5 * (1.0 + t) + 0.5 * xf * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_CUBIC * xf * xf)
-    else:  # d/dx x Phi(x) = Phi(x) + x phi(x)
-        d = 0.5 * (1.0 + jax.lax.erf(xf / math.sqrt(2.0))) + xf * jnp.exp(-0.5 * xf * xf) / math.sqrt(2.0 * math.pi)
-    return ((g.astype(jnp.float32) * d).astype(x.dtype),)
+        return 0.5 * (1.0 + t) + 0.5 * xf * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_CUBIC * xf * xf)
+    # d/dx x Phi(x) = Phi(x) + x phi(x)
+    return 0.5 * (1.0 + jax.lax.erf(xf / math.sqrt(2.0))) + xf * jnp.exp(-0.5 * xf * xf) / math.sqrt(2.0 * math.pi)
+
+
+def _gelu_bwd(approximate, x, g):
+    return ((g.astype(jnp.float32) * _gelu_slope(x, approximate)).astype(x.dtype),)
 
 
 gelu.defvjp(_gelu_fwd, _gelu_bwd)
@@ -157,6 +161,44 @@ def _softmax_bwd(axis, y, g):
 
 
 softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+
+def _identity(x: jax.Array) -> jax.Array:
+    return x
+
+
+def _rows_sum(g2: jax.Array) -> jax.Array:
+    return _column_sum(g2) if _on_cpu() else g2.sum(0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def mlp(x: jax.Array, w1: jax.Array, b1: jax.Array, w2: jax.Array, b2: jax.Array,
+        approximate: bool = True, constrain=_identity) -> jax.Array:
+    """``gelu(x @ w1 + b1) @ w2 + b2`` whose backward pass keeps ``x`` and ``x @ w1 + b1``.
+
+    The GELU output, which the second matmul's gradient needs, is recomputed in the backward
+    pass (an element-wise op fused with the GELU slope there) instead of being kept: one
+    array of the hidden layer's size less per block. ``constrain`` lays out the hidden
+    activations (and their gradient) under a device mesh.
+    """
+    return jax.nn.gelu(constrain(x @ w1 + b1), approximate=approximate) @ w2 + b2
+
+
+def _mlp_fwd(x, w1, b1, w2, b2, approximate, constrain):
+    h = constrain(x @ w1 + b1)
+    return jax.nn.gelu(h, approximate=approximate) @ w2 + b2, (x, h, w1, w2)
+
+
+def _mlp_bwd(approximate, constrain, res, g):
+    x, h, w1, w2 = res
+    a = jax.nn.gelu(h, approximate=approximate)  # recomputed, as in the forward pass
+    g2, a2 = g.reshape(-1, g.shape[-1]), a.reshape(-1, a.shape[-1])
+    dh = constrain(((g @ w2.T).astype(jnp.float32) * _gelu_slope(h, approximate)).astype(h.dtype))
+    dh2, x2 = dh.reshape(-1, dh.shape[-1]), x.reshape(-1, x.shape[-1])
+    return dh @ w1.T, x2.T @ dh2, _rows_sum(dh2), a2.T @ g2, _rows_sum(g2)
+
+
+mlp.defvjp(_mlp_fwd, _mlp_bwd)
 
 
 class Linear(nnx.Linear):

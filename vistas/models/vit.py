@@ -297,6 +297,12 @@ class MLP(nnx.Module):
         self.approximate = cfg.gelu == "tanh"
 
     def __call__(self, x: jax.Array, rate: float = 0.0, rng: jax.Array | None = None) -> jax.Array:
+        if rate == 0.0 or rng is None:  # no dropout between the layers: the fused form
+            kernel1, bias1, kernel2, bias2 = self.fc1.promote_dtype(
+                (self.fc1.kernel[...], self.fc1.bias[...], self.fc2.kernel[...], self.fc2.bias[...]),
+                dtype=self.fc1.dtype)
+            (x,) = self.fc1.promote_dtype((x,), dtype=self.fc1.dtype)
+            return _tokens(fast_layers.mlp(x, kernel1, bias1, kernel2, bias2, self.approximate, _hidden))
         x = fast_layers.gelu(_hidden(self.fc1(x)), self.approximate)
         return _tokens(self.fc2(dropout(x, rate, rng)))
 
