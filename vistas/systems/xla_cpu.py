@@ -68,10 +68,14 @@ def configure() -> None:
     os.environ["XLA_FLAGS"] = wanted
 
 
+def _tunables(text: str) -> dict[str, str]:
+    """``a=1:b=2`` -> ``{"a": "1", "b": "2"}`` (a name without a value maps to "")."""
+    return dict((item.split("=", 1) + [""])[:2] for item in text.split(":") if item)
+
+
 def tunables_with_huge_pages(current: str) -> str:
     """``current`` GLIBC_TUNABLES plus ``glibc.malloc.hugetlb=1`` unless it names that tunable."""
-    named = {item.split("=", 1)[0] for item in current.split(":") if item}
-    if MALLOC_TUNABLE in named:
+    if MALLOC_TUNABLE in _tunables(current):
         return current
     return ":".join([*filter(None, [current]), f"{MALLOC_TUNABLE}=1"])
 
@@ -102,9 +106,9 @@ def huge_pages_status(environ: dict | None = None) -> tuple[bool, str]:
     env = os.environ if environ is None else environ
     tunables = env.get("GLIBC_TUNABLES", "")
     mode = _thp_mode()
-    if MALLOC_TUNABLE in {item.split("=", 1)[0] for item in tunables.split(":")}:
-        setting = dict(item.split("=", 1) for item in tunables.split(":") if "=" in item)
-        on = setting.get(MALLOC_TUNABLE) not in ("0", None) and mode in ("always", "madvise")
+    setting = _tunables(tunables)
+    if MALLOC_TUNABLE in setting:
+        on = setting[MALLOC_TUNABLE] not in ("0", "") and mode in ("always", "madvise")
         return on, f"GLIBC_TUNABLES={tunables}, transparent huge pages: {mode or 'unknown'}"
     if mode == "always":
         return True, "transparent huge pages: always"
