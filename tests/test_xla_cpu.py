@@ -72,3 +72,39 @@ def test_restart_replaces_the_process_with_the_same_arguments():
         assert [line["stage"] for line in lines] == ["start", "end"] and end["tunables"] is None
     opted_out = _run({"VISTAS_XLA_DEFAULTS": "0"})
     assert [line["stage"] for line in opted_out] == ["start", "end"] and opted_out[-1]["tunables"] is None
+
+
+FREED_SCRIPT = r"""
+import ctypes, json
+from vistas.systems import xla_cpu
+
+def rss_kib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+blocks = []
+for _ in range(50_000):  # 200 MiB in 4 KiB blocks, as a compiler's many small allocations
+    p = libc.malloc(4096)
+    ctypes.memset(p, 1, 4096)
+    blocks.append(p)
+fence = libc.malloc(4096)  # keeps the freed space off the top of the heap (no automatic trim)
+for p in blocks:
+    libc.free(p)
+before = rss_kib()
+done = xla_cpu.release_free_memory()
+print(json.dumps({"done": done, "before": before, "after": rss_kib()}))
+"""
+
+
+def test_release_free_memory_hands_freed_heap_pages_back():
+    if not sys.platform.startswith("linux") or xla_cpu._glibc_version() is None:
+        assert xla_cpu.release_free_memory() is False
+        return
+    out = subprocess.run([sys.executable, "-c", FREED_SCRIPT], capture_output=True, text=True, check=True,
+                         env={**os.environ, "GLIBC_TUNABLES": ""})
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["done"] is True
+    assert result["before"] - result["after"] > 150 * 1024  # most of the 200 MiB freed

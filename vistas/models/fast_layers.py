@@ -16,6 +16,9 @@ on every backend, with hand-written gradients that keep one array for the backwa
 six arrays the size of the MLP's hidden layer and softmax two of the attention weights'
 size; with these, the arrays a ViT-Ti/16 keeps for its backward pass at batch 32 go from
 2.1 to 1.1 GiB and XLA's temporaries for the training step from 1.56 to 1.33 GB.
+:func:`attention` keeps less again, recomputing the attention weights from queries and keys
+in the backward pass: XLA's temporaries for the ViT-Ti/16 training step 1,269 -> 1,154
+MiB, ViT-S/16 2,520 -> 2,290 MiB.
 """
 
 from __future__ import annotations
@@ -161,6 +164,51 @@ def _softmax_bwd(axis, y, g):
 
 
 softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+
+@jax.custom_vjp
+def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Softmax attention of ``[B, Nq, H, Dh]`` queries over ``[B, Nk, H, Dh]`` keys and
+    values (logits scaled by ``1/sqrt(Dh)``, softmax in float32), whose backward pass keeps
+    ``q``, ``k``, ``v``, the output and the softmax's log-normaliser instead of the
+    ``[B, H, Nq, Nk]`` attention weights.
+
+    The weights are recomputed in the backward pass (one batched matmul and an
+    exponential), as flash attention does; the output is the out-projection's input, which
+    its gradient keeps anyway. For ViT-Ti/16 at batch 32 that is 14 MB less per block.
+    """
+    return _attention_fwd(q, k, v)[0]
+
+
+def _attention_logits(q: jax.Array, k: jax.Array) -> jax.Array:
+    q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+    return jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+
+
+def _attention_fwd(q, k, v):
+    logits = _attention_logits(q, k)
+    top = jax.lax.stop_gradient(jnp.max(logits, -1, keepdims=True))
+    e = jnp.exp(logits - top)
+    total = jnp.sum(e, -1, keepdims=True)
+    out = jnp.einsum("bhqk,bkhd->bqhd", (e / total).astype(v.dtype), v)
+    return out, (q, k, v, out, top + jnp.log(total))
+
+
+def _attention_bwd(res, g):
+    q, k, v, out, lse = res
+    weights = jnp.exp(_attention_logits(q, k) - lse)  # recomputed
+    dv = jnp.einsum("bhqk,bqhd->bkhd", weights.astype(v.dtype), g)
+    dw = jnp.einsum("bqhd,bkhd->bhqk", g, v).astype(jnp.float32)
+    # softmax backward: w (dw - sum_k w dw), and sum_k w dw = sum_d g out (the output's row)
+    row = jnp.einsum("bqhd,bqhd->bhq", g.astype(jnp.float32), out.astype(jnp.float32))[..., None]
+    dlogits = (weights * (dw - row)).astype(q.dtype)
+    scale = (1.0 / jnp.sqrt(q.shape[-1])).astype(q.dtype)
+    dq = jnp.einsum("bhqk,bkhd->bqhd", dlogits, k) * scale
+    dk = jnp.einsum("bhqk,bqhd->bkhd", dlogits, q * scale)
+    return dq, dk, dv
+
+
+attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 def _identity(x: jax.Array) -> jax.Array:

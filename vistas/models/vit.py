@@ -240,12 +240,10 @@ def _layer_norm(cfg: ViTConfig, features: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
 def attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """Softmax attention of [B, Nq, H, Dh] queries over [B, Nk, H, Dh] keys and values.
 
-    The softmax runs in float32 whatever the compute dtype.
+    The softmax runs in float32 whatever the compute dtype; the backward pass recomputes the
+    attention weights instead of keeping them (``fast_layers.attention``).
     """
-    q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
-    weights = fast_layers.softmax(logits.astype(jnp.float32), -1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    return fast_layers.attention(q, k, v)
 
 
 # Activation layouts under a device mesh (``jax.set_mesh``; no-ops without one): the batch

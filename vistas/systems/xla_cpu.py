@@ -24,6 +24,13 @@ with glibc >= 2.35, transparent huge pages set to ``always`` or ``madvise`` in
 ``/sys/kernel/mm/transparent_hugepage/enabled``, ``GLIBC_TUNABLES`` not already naming
 ``glibc.malloc.hugetlb`` and ``VISTAS_XLA_DEFAULTS`` not ``0``. Scripts using the Python API
 call :func:`restart_with_huge_pages` first thing, or are started with the variable set.
+
+Compiler memory given back. Compiling a training step allocates a few hundred MB on the C
+heap (XLA's and LLVM's passes) and frees it, but glibc keeps freed heap pages mapped, and
+the step's own block comes from a fresh ``mmap``, so those pages would stay resident
+through training on top of it. :func:`release_free_memory` (glibc's ``malloc_trim``) hands
+them back; ``vistas train`` calls it once the step is compiled (ViT-Ti/16: peak resident
+memory 2.29 -> 2.09 GB, docs/performance.md).
 """
 
 from __future__ import annotations
@@ -161,3 +168,20 @@ def environ_before_restart(environ: dict | None = None) -> dict:
         else:
             env.pop("GLIBC_TUNABLES", None)
     return env
+
+
+def release_free_memory() -> bool:
+    """Return the C heap's free pages to the operating system (glibc's ``malloc_trim(0)``);
+    False where the C library has no such call. Cheap (milliseconds); call it after a
+    compilation, before the memory-hungry work."""
+    if not sys.platform.startswith("linux") or _glibc_version() is None:
+        return False
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True

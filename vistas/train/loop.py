@@ -446,6 +446,7 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
             batch = next(data_it) if step < exp.total_steps else None
             compute = None if batch is None else mfu.StepCompute.measure(  # FLOPs per step, for MFU
                 jitted_step, mesh, state, mesh_lib.put_batch(batch, mesh), *frozen, dtype=cfg.model.dtype)
+            xla_cpu.release_free_memory()  # what the compiler freed, before the step's buffers
             while step < exp.total_steps:
                 state, metrics = train_step(state, mesh_lib.put_batch(batch, mesh), *frozen)
                 data_state = data_it.get_state()
