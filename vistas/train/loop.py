@@ -412,7 +412,9 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
                                    builder.frozen_labels(exp.params, cfg.optim.frozen)),
             task=distilling.task if distilling else None),
         out_shardings=(placement, None),
-        donate_argnums=(0,) if jax.default_backend() != "cpu" else (),
+        # the state is updated in place (on CPU too: an array an asynchronous checkpoint
+        # write still reads is kept by JAX, not donated)
+        donate_argnums=(0,),
     )
     frozen = (distilling.task.frozen,) if distilling else ()
     train_step = sharding.in_mesh(jitted_step, mesh)  # the models' activation layouts
