@@ -188,3 +188,39 @@ def test_attention_keeps_no_attention_weights_for_the_backward_pass():
                    if aval.shape == (2, 3, 6, 6))
 
     assert weights_kept(fast_layers.attention) == 0 < weights_kept(_reference_attention)
+
+
+def _step_temp_bytes(fn, *args) -> int:
+    """XLA's temporaries for the gradient of ``fn`` (what the compiled program allocates)."""
+    grad = jax.jit(jax.grad(lambda *a: jnp.sum(jnp.sin(fn(*a))), argnums=tuple(range(len(args)))))
+    return grad.lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_recomputed_values_are_not_kept_by_xla(monkeypatch):
+    """What the backward passes recompute must not come back as kept arrays in XLA's program:
+    XLA merges a recomputation with the identical forward one, or hoists it into the
+    forward pass, unless it depends on the cotangent (``fast_layers._after``). Without
+    that, a stack of MLPs / attentions needs about one hidden layer / one attention-weights
+    array more temporaries per block."""
+    depth, rows, width, hidden = 6, 256, 32, 512
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(rows, width)), jnp.float32)
+    ws = [jnp.asarray(rng.normal(size=s) * 0.1, jnp.float32)
+          for _ in range(depth) for s in ((width, hidden), (hidden,), (hidden, width), (width,))]
+    q = jnp.asarray(rng.normal(size=(4, 128, 2, 16)), jnp.float32)
+
+    def mlps(x, *ws):
+        for i in range(depth):
+            x = x + fast_layers.mlp(x, *ws[4 * i:4 * i + 4])
+        return x
+
+    def attentions(q):
+        for _ in range(depth):
+            q = q + fast_layers.attention(q, q, q)
+        return q
+
+    ours = _step_temp_bytes(mlps, x, *ws), _step_temp_bytes(attentions, q)
+    monkeypatch.setattr(fast_layers, "_after", lambda x, g: x)
+    merged = _step_temp_bytes(mlps, x, *ws), _step_temp_bytes(attentions, q)
+    assert merged[0] - ours[0] > 0.5 * depth * rows * hidden * 4, (ours, merged)
+    assert merged[1] - ours[1] > 0.5 * depth * 4 * 2 * 128 * 128 * 4, (ours, merged)
