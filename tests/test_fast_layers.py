@@ -219,8 +219,84 @@ def test_recomputed_values_are_not_kept_by_xla(monkeypatch):
             q = q + fast_layers.attention(q, q, q)
         return q
 
-    ours = _step_temp_bytes(mlps, x, *ws), _step_temp_bytes(attentions, q)
+    wide = jnp.asarray(rng.normal(size=(rows, 256)), jnp.float32)  # LayerNorm output 256 KiB
+    vs = [jnp.asarray(rng.normal(size=s) * 0.1, jnp.float32)
+          for _ in range(depth) for s in ((256, 16), (16,), (16, 256), (256,))]
+
+    def norm_denses(x, *ws):  # LayerNorm -> a narrow projection, back to width
+        for i in range(depth):
+            (h,) = fast_layers.norm_dense(x, ws[4 * i + 3] + 1.0, ws[4 * i + 3], 1e-6,
+                                          (ws[4 * i],), (ws[4 * i + 1],))
+            x = x + jnp.tanh(h) @ ws[4 * i + 2]
+        return x
+
+    ours = [_step_temp_bytes(mlps, x, *ws), _step_temp_bytes(attentions, q),
+            _step_temp_bytes(norm_denses, wide, *vs)]
     monkeypatch.setattr(fast_layers, "_after", lambda x, g: x)
-    merged = _step_temp_bytes(mlps, x, *ws), _step_temp_bytes(attentions, q)
+    merged = [_step_temp_bytes(mlps, x, *ws), _step_temp_bytes(attentions, q),
+              _step_temp_bytes(norm_denses, wide, *vs)]
     assert merged[0] - ours[0] > 0.5 * depth * rows * hidden * 4, (ours, merged)
     assert merged[1] - ours[1] > 0.5 * depth * 4 * 2 * 128 * 128 * 4, (ours, merged)
+    assert merged[2] - ours[2] > 0.5 * depth * rows * 256 * 4, (ours, merged)
+
+
+class _NormThen(nnx.Module):
+    """A LayerNorm feeding q/k/v-like projections and an MLP, fused or layer by layer."""
+
+    def __init__(self, fused: bool, dtype=None, use_bias: bool = True, part: str = "dense"):
+        from vistas.models import vit
+
+        cfg = vit.ViTConfig(num_classes=10, width=24, depth=1, num_heads=4, mlp_dim=40, dtype=dtype or "float32")
+        rngs = nnx.Rngs(0)
+        self.norm = fast_layers.LayerNorm(24, epsilon=1e-6, dtype=cfg.compute_dtype, use_bias=use_bias,
+                                          rngs=rngs)
+        self.qkv = nnx.List([fast_layers.LinearGeneral(24, (4, 6), dtype=cfg.compute_dtype, rngs=rngs,
+                                                       use_bias=use_bias) for _ in range(3)])
+        self.mlp = vit.MLP(cfg, rngs=rngs)
+        self.fused, self.part = fused, part
+
+    def __call__(self, x):
+        if self.part == "mlp":
+            return (self.mlp(x, norm=self.norm),) if self.fused else (self.mlp(self.norm(x)),)
+        if self.fused:
+            outs = self.norm.dense(x, tuple(self.qkv))
+            assert outs is not None  # the fused path was taken
+            return outs
+        y = self.norm(x)
+        return tuple(layer(y) for layer in self.qkv)
+
+
+@pytest.mark.parametrize("dtype,tol", [(None, 2e-5), ("bfloat16", 6e-2)])
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("part", ["dense", "mlp"])
+def test_layer_norm_fused_into_the_next_layers_changes_nothing(dtype, tol, use_bias, part):
+    """LayerNorm -> projections / MLP as ``norm_dense`` / ``norm_mlp``: the same outputs and
+    gradients, and the LayerNorm's output is no longer kept for the backward pass."""
+    from jax._src.ad_checkpoint import saved_residuals
+
+    fused, plain = _NormThen(True, dtype, use_bias, part), _NormThen(False, dtype, use_bias, part)
+    _randomise(fused, 3)
+    _randomise(plain, 3)
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 9, 24)) * 2 + 1, jnp.float32)
+
+    def run(module):
+        graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+
+        def loss(params, x):
+            outs = nnx.merge(graphdef, params, rest)(x)
+            return sum(jnp.sum(jnp.sin(o.astype(jnp.float32))) for o in outs)
+
+        outs = nnx.merge(graphdef, params, rest)(x)
+        grads = jax.grad(loss, argnums=(0, 1))(params, x)
+        kept = sum(1 for aval, _ in saved_residuals(lambda p: loss(p, x), params) if aval.shape == x.shape)
+        return outs, nnx.to_pure_dict(grads[0]), grads[1], kept
+
+    outs_f, gp_f, gx_f, kept_f = run(fused)
+    outs_p, gp_p, gx_p, kept_p = run(plain)
+    for a, b in zip(outs_f, outs_p, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol)
+    np.testing.assert_allclose(gx_f, gx_p, rtol=tol, atol=tol)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                                         rtol=tol, atol=tol), gp_f, gp_p)
+    assert kept_f < kept_p

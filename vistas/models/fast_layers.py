@@ -261,6 +261,73 @@ def _mlp_bwd(approximate, constrain, res, g):
 mlp.defvjp(_mlp_fwd, _mlp_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def norm_dense(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float,
+               kernels: tuple[jax.Array, ...], biases: tuple[jax.Array | None, ...]) -> tuple[jax.Array, ...]:
+    """``(layer_norm(x) @ k + b for k, b in zip(kernels, biases))`` whose backward pass keeps
+    the LayerNorm's statistics, not its output: the output is recomputed there (one
+    element-wise op) instead of being kept for the kernels' gradients. ``kernels`` are
+    ``[D, N_i]``; a bias may be None."""
+    return _norm_dense_fwd(x, scale, bias, eps, kernels, biases)[0]
+
+
+def _dense(y: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
+    return y @ kernel if bias is None else y @ kernel + bias
+
+
+def _norm_dense_fwd(x, scale, bias, eps, kernels, biases):
+    y, ln_res = _ln_fwd(x, scale, bias, eps)
+    return tuple(_dense(y, k, b) for k, b in zip(kernels, biases, strict=True)), (ln_res, kernels, biases)
+
+
+def _ln_output(ln_res, dtype, g: jax.Array) -> jax.Array:
+    """The LayerNorm's output, recomputed in the backward pass (after the cotangent ``g``)."""
+    xhat, _, scale, bias = ln_res
+    return (_after(xhat, g) * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(dtype)
+
+
+def _norm_dense_bwd(eps, res, gs):
+    ln_res, kernels, biases = res
+    y = _ln_output(ln_res, gs[0].dtype, gs[0])
+    y2 = y.reshape(-1, y.shape[-1])
+    dy, dkernels, dbiases = None, [], []
+    for g, k, b in zip(gs, kernels, biases, strict=True):
+        g2 = g.reshape(-1, g.shape[-1])
+        dy = g @ k.T if dy is None else dy + g @ k.T
+        dkernels.append(y2.T @ g2)
+        dbiases.append(None if b is None else _rows_sum(g2).astype(b.dtype))
+    dx, dscale, dbias = _ln_bwd(eps, ln_res, dy)
+    return dx, dscale, dbias, tuple(dkernels), tuple(dbiases)
+
+
+norm_dense.defvjp(_norm_dense_fwd, _norm_dense_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def norm_mlp(x: jax.Array, scale: jax.Array, bias: jax.Array, w1: jax.Array, b1: jax.Array,
+             w2: jax.Array, b2: jax.Array, eps: float, approximate: bool = True,
+             constrain=_identity) -> jax.Array:
+    """``mlp(layer_norm(x), ...)`` keeping the LayerNorm's statistics and the MLP's hidden
+    pre-activation for the backward pass, which recomputes the rest (see :func:`mlp`)."""
+    return _norm_mlp_fwd(x, scale, bias, w1, b1, w2, b2, eps, approximate, constrain)[0]
+
+
+def _norm_mlp_fwd(x, scale, bias, w1, b1, w2, b2, eps, approximate, constrain):
+    y, ln_res = _ln_fwd(x, scale, bias, eps)
+    out, (_, h, _, _) = _mlp_fwd(y, w1, b1, w2, b2, approximate, constrain)
+    return out, (ln_res, h, w1, w2)
+
+
+def _norm_mlp_bwd(eps, approximate, constrain, res, g):
+    ln_res, h, w1, w2 = res
+    dy, dw1, db1, dw2, db2 = _mlp_bwd(approximate, constrain, (_ln_output(ln_res, h.dtype, g), h, w1, w2), g)
+    dx, dscale, dbias = _ln_bwd(eps, ln_res, dy)
+    return dx, dscale, dbias, dw1, db1, dw2, db2
+
+
+norm_mlp.defvjp(_norm_mlp_fwd, _norm_mlp_bwd)
+
+
 class Linear(nnx.Linear):
     """``nnx.Linear`` whose gradient reductions are matmuls on CPU."""
 
@@ -271,6 +338,22 @@ class Linear(nnx.Linear):
         bias = self.bias[...] if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
         return matmul(inputs, kernel) if bias is None else affine(inputs, kernel, bias)
+
+    def parts(self, dtype) -> tuple[jax.Array, jax.Array | None, tuple[int, ...]] | None:
+        """``(kernel [D, N], bias, (N,))`` for inputs of ``dtype``, for :func:`norm_dense`;
+        None where this layer would not take its CPU path or would cast its inputs."""
+        if not _on_cpu() or self.preferred_element_type is not None:
+            return None
+        return _promoted_parts(self, dtype, self.kernel[...], self.bias, (self.out_features,))
+
+
+def _promoted_parts(layer, dtype, kernel, bias_param, out_shape):
+    bias = bias_param[...] if bias_param is not None else None
+    kernel, bias = layer.promote_dtype((kernel, bias), dtype=layer.dtype or jnp.result_type(
+        dtype, kernel, *([] if bias is None else [bias])))
+    if kernel.dtype != dtype:
+        return None
+    return kernel, None if bias is None else bias.reshape(-1), out_shape
 
 
 class LinearGeneral(nnx.LinearGeneral):
@@ -293,16 +376,47 @@ class LinearGeneral(nnx.LinearGeneral):
         y = matmul(x2, k2) if bias is None else affine(x2, k2, bias.reshape(-1))
         return y.reshape(x2.shape[:-1] + out_shape)
 
+    def parts(self, dtype) -> tuple[jax.Array, jax.Array | None, tuple[int, ...]] | None:
+        """As :meth:`Linear.parts`, for a layer over the last axis only."""
+        if (not _on_cpu() or self.batch_axis or self.axis not in (-1, (-1,))
+                or self.preferred_element_type is not None):
+            return None
+        kernel = self.kernel[...]
+        return _promoted_parts(self, dtype, kernel.reshape(kernel.shape[0], -1), self.bias, kernel.shape[1:])
+
 
 class LayerNorm(nnx.LayerNorm):
     """``nnx.LayerNorm`` over the last axis with matmul parameter gradients on CPU."""
 
     def __call__(self, x: jax.Array, *, mask=None) -> jax.Array:
+        prepared = None if mask is not None else self.prepared(x)
+        if prepared is None:
+            return super().__call__(x, mask=mask)
+        return _layer_norm(*prepared, self.epsilon)
+
+    def dense(self, x: jax.Array, layers) -> tuple[jax.Array, ...] | None:
+        """``tuple(layer(self(x)) for layer in layers)`` for :class:`Linear` /
+        :class:`LinearGeneral` layers, as one :func:`norm_dense` that keeps less for the
+        backward pass; None where any of them would not take its CPU path."""
+        prepared = self.prepared(x)
+        if prepared is None:
+            return None
+        x, scale, bias = prepared
+        parts = [layer.parts(x.dtype) for layer in layers]
+        if any(p is None for p in parts):
+            return None
+        outs = norm_dense(x, scale, bias, self.epsilon, tuple(p[0] for p in parts), tuple(p[1] for p in parts))
+        return tuple(o.reshape(o.shape[:-1] + p[2]) for o, p in zip(outs, parts, strict=True))
+
+    def prepared(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array] | None:
+        """``(x, scale, bias)`` in the compute dtype where this layer takes its CPU path."""
         last = tuple(a % x.ndim for a in (self.reduction_axes if isinstance(self.reduction_axes, tuple)
                                           else (self.reduction_axes,))) == (x.ndim - 1,)
-        if not _on_cpu() or mask is not None or not last or self.feature_axes not in (-1, (-1,)):
-            return super().__call__(x, mask=mask)
+        if not _on_cpu() or not last or self.feature_axes not in (-1, (-1,)):
+            return None
         scale = self.scale[...] if self.scale is not None else None
         bias = self.bias[...] if self.bias is not None else None
         dtype = self.dtype or jnp.result_type(x, *(p for p in (scale, bias) if p is not None))
-        return layer_norm(x.astype(dtype), scale, bias, self.epsilon)
+        n = x.shape[-1]
+        return (x.astype(dtype), jnp.ones((n,), jnp.float32) if scale is None else scale,
+                jnp.zeros((n,), jnp.float32) if bias is None else bias)

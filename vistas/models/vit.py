@@ -281,6 +281,19 @@ class Attention(nnx.Module):
         q = _heads(self.query(q_in))  # [B, Nq, H, Dh]
         k = _heads(self.key(kv_in))  # [B, Nk, H, Dh]
         v = _heads(self.value(kv_in))
+        return self._attend(q, k, v)
+
+    def self_attend(self, x: jax.Array, norm: nnx.LayerNorm) -> jax.Array:
+        """``self(norm(x), norm(x))``; on CPU the LayerNorm and the three projections are one
+        ``fast_layers.norm_dense``, whose backward pass recomputes the LayerNorm's output."""
+        dense = getattr(norm, "dense", None)  # a fast_layers.LayerNorm
+        qkv = dense(x, (self.query, self.key, self.value)) if dense else None
+        if qkv is None:
+            y = norm(x)
+            return self(y, y)
+        return self._attend(*(_heads(t) for t in qkv))
+
+    def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
         if self.qk_norm:
             q, k = self.query_norm(q), self.key_norm(k)
         return _tokens(self.out(attend(q, k, v)))
@@ -294,7 +307,15 @@ class MLP(nnx.Module):
         self.fc2 = fast_layers.Linear(cfg.mlp_dim, cfg.width, **kw)
         self.approximate = cfg.gelu == "tanh"
 
-    def __call__(self, x: jax.Array, rate: float = 0.0, rng: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, rate: float = 0.0, rng: jax.Array | None = None,
+                 norm: nnx.LayerNorm | None = None) -> jax.Array:
+        """``MLP(x)``, or ``MLP(norm(x))`` with ``norm`` (on CPU and without dropout between
+        the layers, one ``fast_layers.norm_mlp`` that keeps less for the backward pass)."""
+        if norm is not None:
+            fused = self._normed(x, norm) if rate == 0.0 or rng is None else None
+            if fused is not None:
+                return fused
+            x = norm(x)
         if rate == 0.0 or rng is None:  # no dropout between the layers: the fused form
             kernel1, bias1, kernel2, bias2 = self.fc1.promote_dtype(
                 (self.fc1.kernel[...], self.fc1.bias[...], self.fc2.kernel[...], self.fc2.bias[...]),
@@ -303,6 +324,18 @@ class MLP(nnx.Module):
             return _tokens(fast_layers.mlp(x, kernel1, bias1, kernel2, bias2, self.approximate, _hidden))
         x = fast_layers.gelu(_hidden(self.fc1(x)), self.approximate)
         return _tokens(self.fc2(dropout(x, rate, rng)))
+
+    def _normed(self, x: jax.Array, norm: nnx.LayerNorm) -> jax.Array | None:
+        prepared = norm.prepared(x) if isinstance(norm, fast_layers.LayerNorm) else None
+        if prepared is None:
+            return None
+        x, scale, bias = prepared
+        parts = [self.fc1.parts(x.dtype), self.fc2.parts(x.dtype)]
+        if any(p is None for p in parts):
+            return None
+        (w1, b1, _), (w2, b2, _) = parts
+        return _tokens(fast_layers.norm_mlp(x, scale, bias, w1, b1, w2, b2, norm.epsilon,
+                                            self.approximate, _hidden))
 
 
 class EncoderBlock(nnx.Module):
@@ -319,9 +352,8 @@ class EncoderBlock(nnx.Module):
                  path_rate: float | jax.Array = 0.0) -> jax.Array:
         r1, r2, r3 = _split(rng, 3)
         p1, p2 = _path_rngs(rng)
-        y = self.norm1(x)
-        x = x + drop_path(dropout(self.attn(y, y), self.rate, r1), path_rate, p1)
-        y = self.mlp(self.norm2(x), self.rate, r2)
+        x = x + drop_path(dropout(self.attn.self_attend(x, self.norm1), self.rate, r1), path_rate, p1)
+        y = self.mlp(x, self.rate, r2, norm=self.norm2)
         return _tokens(x + drop_path(dropout(y, self.rate, r3), path_rate, p2))
 
 
