@@ -14,7 +14,8 @@ for training), and the ratio vistas / timm. timm runs in its own process and env
 (``--timm-python``), one side after the other, so they never share the cores.
 
 vistas runs as the ``vistas`` command does: restarted with huge pages for XLA's buffers
-where that helps (``vistas.systems.xla_cpu``). timm runs as its users start it, and, with
+where that helps, the step compiled and the compiler's freed memory handed back before the
+first step, the state donated (``vistas.systems.xla_cpu``, ``vistas.train.loop``). timm runs as its users start it, and, with
 ``--timm-huge-pages``, a second time with the same ``GLIBC_TUNABLES`` (columns ``timm+hp``).
 """
 
