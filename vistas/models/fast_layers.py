@@ -88,16 +88,9 @@ def _row_mean(x: jax.Array) -> jax.Array:
     return jnp.mean(x, axis=-1, keepdims=True)
 
 
-def layer_norm(x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, eps: float) -> jax.Array:
-    """LayerNorm over the last axis; statistics in float32, output in ``x``'s dtype."""
-    n = x.shape[-1]
-    scale = jnp.ones((n,), jnp.float32) if scale is None else scale
-    bias = jnp.zeros((n,), jnp.float32) if bias is None else bias
-    return _layer_norm(x, scale, bias, eps)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _layer_norm(x, scale, bias, eps):
+    """LayerNorm over the last axis; statistics in float32, output in ``x``'s dtype."""
     return _ln_fwd(x, scale, bias, eps)[0]
 
 
@@ -268,7 +261,7 @@ mlp.defvjp(_mlp_fwd, _mlp_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def norm_dense(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float,
                kernels: tuple[jax.Array, ...], biases: tuple[jax.Array | None, ...]) -> tuple[jax.Array, ...]:
-    """``(layer_norm(x) @ k + b for k, b in zip(kernels, biases))`` whose backward pass keeps
+    """``(LayerNorm(x) @ k + b for k, b in zip(kernels, biases))`` whose backward pass keeps
     the LayerNorm's statistics, not its output: the output is recomputed there (one
     element-wise op) instead of being kept for the kernels' gradients. ``kernels`` are
     ``[D, N_i]``; a bias may be None."""
@@ -311,7 +304,7 @@ norm_dense.defvjp(_norm_dense_fwd, _norm_dense_bwd)
 def norm_mlp(x: jax.Array, scale: jax.Array, bias: jax.Array, w1: jax.Array, b1: jax.Array,
              w2: jax.Array, b2: jax.Array, eps: float, approximate: bool = True,
              constrain=_identity) -> jax.Array:
-    """``mlp(layer_norm(x), ...)`` keeping the LayerNorm's statistics and the MLP's hidden
+    """``mlp(LayerNorm(x), ...)`` keeping the LayerNorm's statistics and the MLP's hidden
     pre-activation for the backward pass, which recomputes the rest (see :func:`mlp`)."""
     return _norm_mlp_fwd(x, scale, bias, w1, b1, w2, b2, eps, approximate, constrain)[0]
 
