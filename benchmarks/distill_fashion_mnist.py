@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from vistas import config as config_lib  # noqa: E402
 from vistas import presets  # noqa: E402
-from vistas.train import distill, loop  # noqa: E402
+from vistas.train import loop  # noqa: E402
 from vistas.train.metrics import read_metrics  # noqa: E402
 
 TEACHER = "fashion_mnist_distill_teacher"
@@ -91,7 +91,7 @@ def main() -> None:
                 continue
             else:
                 start = time.perf_counter()
-                distill.distill(config_lib.apply_overrides(presets.get(STUDENT), sets), out / name,
+                loop.train(config_lib.apply_overrides(presets.get(STUDENT), sets), out / name,
                                 quiet=True)
                 timings[name] = time.perf_counter() - start
                 summary.write_text(json.dumps({**json.loads(summary.read_text()),

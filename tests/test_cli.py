@@ -1,8 +1,10 @@
 """Tests for the ``vistas`` command: listings as JSON and one-line errors with exit status 2."""
 
+import argparse
 import importlib.metadata
 import json
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -32,6 +34,35 @@ def assert_one_line_error(code, out, err, *culprits):
 def test_console_script_is_declared():
     scripts = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")}
     assert scripts.get("vistas") == "vistas.cli:console"
+
+
+def test_building_the_parser_imports_nothing_heavy():
+    """``vistas --help`` stays fast: the handlers import their modules when they run."""
+    code = ("import sys; from vistas import cli; cli.build_parser(); "
+            "print(sorted({'jax', 'numpy', 'flax', 'scipy', 'matplotlib'} & set(sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_each_subcommand_module_holds_its_parser_and_handler():
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    modules = {sp.get_default("fn").__module__ for sp in sub.choices.values()}
+    assert modules == {m.__name__ for m in cli.COMMANDS}
+    for name, sp in sub.choices.items():
+        module = sys.modules[sp.get_default("fn").__module__]
+        assert sp.get_default("fn") is module.run, name
+    assert list(sub.choices) == ["train", "distill", "evaluate", "models", "presets", "data",
+                                 "optim-memory", "shapefind", "cooldown", "fewshot", "finetune",
+                                 "convert", "sweep", "fit"]
+
+
+def test_help_of_the_module_entry_point():
+    proc = subprocess.run(vistas_cmd("--help"), env=cli_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: vistas ")
+    assert "{train,distill,evaluate,models,presets,data,optim-memory" in proc.stdout
 
 
 def test_models_json(capsys):

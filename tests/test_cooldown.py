@@ -10,7 +10,7 @@ import pytest
 from conftest import committed_steps, requires_fashion_mnist, smoke
 
 from vistas import checkpoint as ckpt_lib
-from vistas import cli
+from vistas import cli, experiment
 from vistas.errors import ConfigError, VistasError
 from vistas.train import cooldown, loop
 from vistas.train import step as step_lib
@@ -19,8 +19,8 @@ RSQRT = ["schedule.decay=rsqrt", "schedule.timescale=8", "schedule.warmup=4"]
 
 
 def _schedule(cfg, steps_per_epoch=10.0):
-    fn, total, _ = cooldown._make_schedule(cfg, steps_per_epoch)
-    return fn, total
+    resolved = experiment.schedule_of(cfg, steps_per_epoch)
+    return resolved.fn, resolved.total_steps
 
 
 def test_branch_follows_the_source_then_decays_linearly_to_zero():
@@ -151,3 +151,25 @@ def test_branch_reproduces_the_exact_state_of_the_source(source_run, tmp_path):
     with pytest.raises(VistasError, match="no checkpoint of step 12 .*8, 16, 24.*keep_every"):
         cooldown.branch(src, 12, 4, tmp_path / "c")
     assert not (tmp_path / "c" / "checkpoints").exists()
+
+
+@requires_fashion_mnist
+@pytest.mark.slow
+def test_a_failed_branch_write_leaves_no_half_written_config(source_run, tmp_path, monkeypatch):
+    """A full disk while the branch's config.json is written: the file is whole or absent,
+    and the error is one line."""
+    src, _ = source_run
+    real = pathlib.Path.write_text
+
+    def half_then_full(self, text, *args, **kw):
+        if self.name.startswith("config.json"):
+            real(self, text[: len(text) // 2], *args, **kw)
+            raise OSError(28, "No space left on device")
+        return real(self, text, *args, **kw)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", half_then_full)
+    with pytest.raises(VistasError, match="could not write .*config.json: No space left on device") as e:
+        cooldown.branch(src, 16, 4, tmp_path / "b")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "b" / "config.json").exists()
+    assert not list((tmp_path / "b").glob("config.json*"))

@@ -45,8 +45,8 @@ def _setup(cfg, workdir):
 
 
 def _first_batch(cfg, setup):
-    it = pipeline.train_iterator(setup.train_source, global_batch_size=cfg.data.batch_size, seed=0,
-                                 transform=setup.train_transform, extra_keys=setup.extra_keys)
+    it = pipeline.train_iterator(setup.source, global_batch_size=cfg.data.batch_size, seed=0,
+                                 transform=setup.transform, extra_keys=setup.extra_keys)
     try:
         return {k: jnp.asarray(v) for k, v in next(it).items()}
     finally:
@@ -54,7 +54,7 @@ def _first_batch(cfg, setup):
 
 
 def _prepare(setup, batch, seed=0):
-    task = setup.task
+    task = setup
     return jax.jit(task.prepare)(task.frozen, batch, jax.random.PRNGKey(seed))
 
 
@@ -93,7 +93,7 @@ def test_consistent_teacher_sees_the_students_pixels(consistent):
     # the view was mixed (mixup alpha 1) and the teacher's distribution is that of exactly the
     # pixels the student receives
     assert not np.allclose(out["image"], batch["image"])
-    t = setup.task
+    t = setup
     direct = distill.ensemble_probs(jax.jit(distill.teacher_logits(t.teachers, t.value_range))(
         t.frozen, out["image"]), 1.0)
     np.testing.assert_allclose(out["teacher_probs"], direct, rtol=1e-5, atol=1e-6)
@@ -130,7 +130,7 @@ def test_ensemble_of_two_copies_equals_the_teacher(teachers, consistent, tmp_pat
     np.testing.assert_array_equal(o1["image"], o2["image"])
     np.testing.assert_allclose(o1["teacher_probs"], o2["teacher_probs"], rtol=1e-6, atol=1e-7)
     logits = jnp.asarray(np.random.default_rng(0).normal(size=o1["teacher_probs"].shape), jnp.float32)
-    np.testing.assert_allclose(s1.task.loss(logits, o1), s2.task.loss(logits, o2), rtol=1e-6)
+    np.testing.assert_allclose(s1.loss(logits, o1), s2.loss(logits, o2), rtol=1e-6)
 
 
 def test_teacher_at_another_resolution_gets_the_view_resized(teachers, tmp_path):
@@ -164,8 +164,8 @@ def test_fixed_cache_is_reused_and_invalidated_when_the_teacher_changes(teachers
     assert not reused
     # the training batches carry each example's cached logits
     setup = distill.setup(cfg, exp, tmp_path / "run", mesh, resuming=False, say=lambda s: None)
-    it = pipeline.train_iterator(setup.train_source, global_batch_size=64, seed=0, shuffle=False,
-                                 transform=setup.train_transform, extra_keys=setup.extra_keys)
+    it = pipeline.train_iterator(setup.source, global_batch_size=64, seed=0, shuffle=False,
+                                 transform=setup.transform, extra_keys=setup.extra_keys)
     np.testing.assert_array_equal(next(it)[distill.TEACHER_LOGITS], first[:64])
     assert len(first) == 256
     it.close()
@@ -219,7 +219,7 @@ def test_distill_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="distill.mixup_alpha"):
         smoke("distill.mode=labels", "data.mixup_alpha=0.5")
     with pytest.raises(ConfigError, match="distill.mode='off'"):
-        distill.distill(smoke(), tmp_path)
+        distill.check_active(smoke())
     assert cli.main(["distill", "--workdir", str(tmp_path)]) == 2  # no teachers: a one-line error
     cfg = smoke("distill.mode=fixed", "distill.teachers=[runs/a, runs/b]")
     assert cfg.distill.teachers == ["runs/a", "runs/b"]

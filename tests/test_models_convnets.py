@@ -16,8 +16,7 @@ from flax import nnx
 from vistas import config as config_lib
 from vistas import presets
 from vistas.errors import ConfigError
-from vistas.models import bit, nfnet, registry
-from vistas.models import conv_layers as layers
+from vistas.models import bit, conv_layers, nfnet, registry
 
 # Brock et al. 2021, Table 2 (1000 classes), in millions.
 NFNET_PARAMS_M = {"F0": 71.5, "F1": 132.6, "F2": 193.8, "F3": 254.9, "F4": 316.1, "F5": 377.2,
@@ -121,8 +120,8 @@ def test_catalog_lists_every_convnet_variant():
 
 @jax.jit
 def _standardize_both(w):
-    return (layers.standardize(w, scaled=True, eps=1e-4),
-            layers.standardize(w, scaled=False, eps=1e-8))
+    return (conv_layers.standardize(w, scaled=True, eps=1e-4),
+            conv_layers.standardize(w, scaled=False, eps=1e-8))
 
 
 @pytest.mark.parametrize("shape", [(3, 3, 16, 8), (1, 1, 64, 32), (3, 3, 1, 4)])
@@ -137,7 +136,7 @@ def test_scaled_weight_standardisation_gives_zero_mean_and_unit_fan_in_variance(
 
 
 def test_ws_conv_uses_the_standardised_kernel_times_its_gain():
-    conv = layers.WSConv(16, 16, 3, rngs=nnx.Rngs(0))
+    conv = conv_layers.WSConv(16, 16, 3, rngs=nnx.Rngs(0))
     gain = np.linspace(0.5, 2.0, 16, dtype=np.float32)
     conv.gain[...] = jnp.asarray(gain)
     conv.bias[...] = jnp.full((16,), 0.5)
@@ -157,7 +156,7 @@ def test_grouped_conv_equals_xla_grouped_convolution():
     x = images(2, 9, 12)
     w = np.random.default_rng(1).standard_normal((3, 3, 4, 6)).astype(np.float32)
     for stride, padding in [(1, "SAME"), (2, "SAME"), (2, ((1, 1), (1, 1)))]:
-        ours = layers.grouped_conv(x, w, stride, padding, 3)  # on CPU: one conv per group
+        ours = conv_layers.grouped_conv(x, w, stride, padding, 3)  # on CPU: one conv per group
         ref = jax.lax.conv_general_dilated(x, w, (stride, stride), padding,
                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                            feature_group_count=3)
@@ -167,29 +166,17 @@ def test_grouped_conv_equals_xla_grouped_convolution():
 def test_activation_gammas_make_unit_variance():
     x = jax.random.normal(jax.random.PRNGKey(0), (1_000_000,))
     for name in ("gelu", "relu", "silu", "tanh"):
-        y = layers.scaled_activation(name)(x)
+        y = conv_layers.scaled_activation(name)(x)
         assert float(jnp.var(y)) == pytest.approx(1.0, rel=0.01), name
     with pytest.raises(ConfigError, match="model.activation='swish' is not known"):
-        layers.scaled_activation("swish")
+        conv_layers.scaled_activation("swish")
 
 
 def test_avg_pool_counts_only_valid_pixels():
     x = jnp.ones((1, 7, 7, 2))
-    y = layers.avg_pool_2x2(x)
+    y = conv_layers.avg_pool_2x2(x)
     assert y.shape == (1, 4, 4, 2)
     np.testing.assert_allclose(y, 1.0)
-
-
-def test_drop_path_drops_whole_examples_only_with_an_rng():
-    x = jnp.ones((512, 2, 2, 3))
-    np.testing.assert_array_equal(layers.drop_path(x, 0.3, None), x)
-    y = np.asarray(layers.drop_path(x, 0.3, jax.random.PRNGKey(0)))
-    per_example = y.reshape(512, -1)
-    assert set(np.unique(per_example.min(1))) <= {0.0, 1.0}
-    assert np.all(per_example.min(1) == per_example.max(1))  # all of an example, or nothing
-    assert 0.2 < float((per_example[:, 0] == 0).mean()) < 0.4
-    scaled = np.asarray(layers.drop_path(x, 0.3, jax.random.PRNGKey(0), scale_by_keep=True))
-    np.testing.assert_allclose(scaled[per_example[:, 0] > 0], 1 / 0.7, rtol=1e-6)
 
 
 # --- NFNet -------------------------------------------------------------------------------------
@@ -297,7 +284,7 @@ def test_nfnet_activation_option():
     model = registry.abstract("nfnet-F0", num_classes=10, activation="relu", **TINY_NFNET)
     h = jnp.linspace(-2.0, 2.0, 9)
     assert model.stage1.block00.activation == "relu"
-    np.testing.assert_allclose(layers.activate("relu", h), 1.7139588594436646 * jax.nn.relu(h))
+    np.testing.assert_allclose(conv_layers.activate("relu", h), 1.7139588594436646 * jax.nn.relu(h))
 
 
 # --- BiT ---------------------------------------------------------------------------------------

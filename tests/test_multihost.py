@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
-from conftest import requires_fashion_mnist
+from conftest import committed_steps, requires_fashion_mnist
 
 from vistas.errors import ConfigError
 from vistas.systems import distributed
@@ -27,11 +28,29 @@ cfg = config.apply_overrides(presets.get("smoke"), [
     "train.duration=6", "schedule.warmup=2", "train.log_every=1", "train.eval_every=6", "train.ckpt_every=3",
     "data.eval_splits=['test[:200]']", "data.eval_batch_size=200"])
 summary = loop.train(cfg, workdir, quiet=True)
+# the fixed teacher's logits of every training example, computed over all processes
+fixed = config.apply_overrides(cfg, ["distill.mode=fixed", f"distill.teachers=['{workdir}']",
+                                     "train.duration=1", "data.num_train_examples=100"])
+loop.train(fixed, workdir.parent / (workdir.name + "-fixed"), quiet=True)
+import numpy as np
+logits = np.load(workdir.parent / (workdir.name + "-fixed") / "teacher_logits.npz")["logits"]
+# a signal that reaches only the second process (at its step 3) stops both at the same step
+import os, signal
+from vistas.train import actions
+log = actions.LogMetrics.__call__
+def log_and_signal(self, run):
+    log(self, run)
+    if run.step == 3 and jax.process_index() == jax.process_count() - 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+actions.LogMetrics.__call__ = log_and_signal
+stopped = loop.train(config.apply_overrides(cfg, ["train.ckpt_every=100"]),
+                     workdir.parent / (workdir.name + "-stopped"), quiet=True)
 if jax.process_index() == 0:
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     print(json.dumps({"started": started, "processes": jax.process_count(), "devices": jax.device_count(),
                       "losses": [r["train/loss"] for r in rows if "train/loss" in r],
-                      "top1": summary["eval/test[:200]/top1"]}))
+                      "top1": summary["eval/test[:200]/top1"], "teacher_logits": logits.tolist(),
+                      "stopped_at": stopped["step"], "interrupted": stopped["interrupted"]}))
 """
 
 
@@ -67,6 +86,12 @@ def test_two_processes_match_one_process(tmp_path):
     assert len(two["losses"]) == 6
     assert two["losses"] == pytest.approx(one["losses"], rel=1e-5)
     assert two["top1"] == pytest.approx(one["top1"], abs=1e-9)
+    # fixed-teacher logits: each process computed its part of each batch, all of them gathered
+    assert np.asarray(two["teacher_logits"]).shape == (100, 1, 10)
+    np.testing.assert_allclose(two["teacher_logits"], one["teacher_logits"], rtol=1e-4, atol=1e-5)
+    # SIGTERM at one process only: both stopped and saved at the same step
+    assert two["stopped_at"] == 3 and two["interrupted"] and one["stopped_at"] == 3
+    assert committed_steps(tmp_path / "two-stopped") == [3]
     # the checkpoint both processes wrote together restores in a single process
     _, params, step = loop.final_params(tmp_path / "two")
     _, ref, _ = loop.final_params(tmp_path / "one")

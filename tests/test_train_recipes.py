@@ -13,7 +13,7 @@ from flax import nnx
 from vistas import config as config_lib
 from vistas.errors import ConfigError
 from vistas.models import registry
-from vistas.train import loop, losses
+from vistas.train import loop, losses, supervised
 from vistas.train import step as step_lib
 
 
@@ -32,11 +32,10 @@ def _batch(b=16):
 
 
 def _step(graphdef, rest, tx, **kw):
-    mix = loop.batch_mixing(config_lib.apply_overrides(
+    mix = supervised.batch_mixing(config_lib.apply_overrides(
         config_lib.Config(), ["data.mixup_alpha=0.4", "data.cutmix_alpha=1.0"]), 10)
-    return jax.jit(step_lib.make_train_step(
-        graphdef, rest, tx, losses.get("softmax_xent", 0.1), lambda s: 0.1, use_rng=False,
-        mix=mix, **kw))
+    task = supervised.from_loss(losses.get("softmax_xent", 0.1), mix)
+    return jax.jit(step_lib.make_train_step(graphdef, rest, tx, task, lambda s: 0.1, use_rng=False, **kw))
 
 
 @pytest.fixture(scope="module")

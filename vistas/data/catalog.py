@@ -5,9 +5,10 @@ A known dataset is one `DatasetInfo` entry in `CATALOG`. Datasets stored as IDX 
 let `fetch` download them, `debian_package` lets it install them with apt.
 
 Datasets shipped inside a PyPI package (`package`) are read from the package's data files
-directly, without importing the package; `reader` names how (`vistas.data.sources.READERS`)
-and, lacking official splits, every `test_every`-th example of each class is the test
-split. Derived datasets (`derived_from`) are built from another entry's files.
+directly, without importing the package; `reader` names how
+(`vistas.data.readers.packaged.READERS`) and, lacking official splits, every
+`test_every`-th example of each class is the test split. Derived datasets (`derived_from`)
+are built from another entry's files.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class DatasetInfo:
     debian_package: str = ""
     system_dir: str = ""  # where the Debian package installs the files
     package: PackageFiles | None = None  # files shipped inside a PyPI package
-    reader: str = ""  # how `sources` reads `package` files (a key of sources.READERS)
+    reader: str = ""  # how `package` files are read (a key of readers.packaged.READERS)
     test_every: int = 5  # packaged sets: test split = k-th example of each class, k % 5 == 4
     derived_from: str = ""  # built from the files of another catalog entry
     multi_label: bool = False  # labels are multi-hot vectors [num_classes]

@@ -89,7 +89,7 @@ def fit_temperature(logits: Any, labels: Any, bounds: tuple[float, float] = (0.0
     return float(np.exp(result.x))
 
 
-# --- in classification evaluation (``vistas.train.loop.evaluate``) -----------------------------
+# --- in classification evaluation (``vistas.evaluate.classification``) -----------------------------
 
 
 def temperature_for(exp: Any, params: Any, mesh: Any, transform: Any,

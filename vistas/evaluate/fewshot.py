@@ -38,6 +38,7 @@ from threadpoolctl import ThreadpoolController
 from vistas.data import catalog, sources, transforms
 from vistas.errors import ConfigError, DataError
 from vistas.evaluate import predict
+from vistas.files import atomic_write
 from vistas.systems import mesh as mesh_lib
 
 DEFAULT_SHOTS = (1, 5, 10, 25)
@@ -318,9 +319,9 @@ def from_config(cfg: Any, graphdef: Any, rest: Any, mesh: Any = None,
 
 def random_params(cfg: Any) -> Any:
     """Freshly initialised parameters of ``cfg``'s model (seed ``train.seed``)."""
-    from vistas.train import loop
+    from vistas import experiment
 
-    model = loop.build_model(cfg, int(loop.build_sources(cfg, with_train=False)[2]))
+    model = experiment.build_model(cfg, int(experiment.num_classes_of(cfg)))
     return nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[1])
 
 
@@ -335,11 +336,11 @@ def evaluate_workdir(workdir: str | pathlib.Path, *, datasets: Sequence[str] | N
     every transfer target that is present. ``random_init``: the same model with freshly
     initialised parameters instead (a baseline; written to ``fewshot_random_init.json``).
     """
-    from vistas.train import finetune
+    from vistas import runs
 
     workdir = pathlib.Path(workdir)
     tick = time.perf_counter()
-    cfg, graphdef, rest, params, found = finetune.restore_params(workdir, step)
+    cfg, graphdef, rest, params, found = runs.restore_params(workdir, step)
     f = cfg.fewshot
     if datasets is None:
         datasets = list(f.datasets) or [n for n in catalog.TRANSFER_TARGETS
@@ -364,6 +365,6 @@ def evaluate_workdir(workdir: str | pathlib.Path, *, datasets: Sequence[str] | N
               "l2": evaluator.l2_grid or evaluator.l2, **report}
     if jax.process_index() == 0:
         name = "fewshot_random_init.json" if random_init else f"fewshot_{found}.json"
-        (workdir / name).write_text(json.dumps(report, indent=2))
+        atomic_write(workdir / name, json.dumps(report, indent=2))
     report["written_to"] = str(workdir / name)
     return report

@@ -25,8 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vistas.errors import ConfigError
-from vistas.models import conv_layers as layers
-from vistas.models.vit import dropout
+from vistas.models import checks, conv_layers, layers
 
 DEPTHS: dict[int, tuple[int, ...]] = {
     50: (3, 4, 6, 3),
@@ -53,8 +52,8 @@ class BiTConfig:
     head_bias_init: float = 0.0
 
     def __post_init__(self):
-        depths = layers.check_stages("depths", self.depths, "units per stage")
-        widths = layers.check_stages("widths", self.widths, "bottleneck channels per stage")
+        depths = checks.stages("depths", self.depths, "units per stage")
+        widths = checks.stages("widths", self.widths, "bottleneck channels per stage")
         if len(depths) != len(widths):
             raise ConfigError(
                 f"model.depths={list(depths)} and model.widths={list(widths)} must have one "
@@ -62,8 +61,8 @@ class BiTConfig:
             )
         object.__setattr__(self, "depths", depths)
         object.__setattr__(self, "widths", widths)
-        layers.check_rate("drop_path", self.drop_path)
-        layers.check_rate("dropout", self.dropout)
+        checks.rate("drop_path", self.drop_path)
+        checks.rate("dropout", self.dropout)
 
 
 def parse_variant(variant: str) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
@@ -85,9 +84,9 @@ def _group_norm(channels: int, groups: int, rngs: nnx.Rngs) -> nnx.GroupNorm:
     return nnx.GroupNorm(channels, num_groups=math.gcd(groups, channels), epsilon=1e-5, rngs=rngs)
 
 
-def _conv(in_ch: int, out_ch: int, k: int, stride: int, rngs: nnx.Rngs) -> layers.WSConv:
+def _conv(in_ch: int, out_ch: int, k: int, stride: int, rngs: nnx.Rngs) -> conv_layers.WSConv:
     pad = (((k - 1) // 2, (k - 1) // 2),) * 2
-    return layers.WSConv(in_ch, out_ch, k, stride=stride, padding=pad, scaled=False,
+    return conv_layers.WSConv(in_ch, out_ch, k, stride=stride, padding=pad, scaled=False,
                          use_gain=False, use_bias=False, eps=1e-8, rngs=rngs)
 
 
@@ -118,7 +117,7 @@ class Unit(nnx.Module):
         y = self.conv1(y)
         y = self.conv2(jax.nn.relu(self.gn2(y)))
         y = self.conv3(jax.nn.relu(self.gn3(y)))
-        return shortcut + layers.drop_path(y, self.drop_path, rng, scale_by_keep=True)
+        return shortcut + layers.drop_path(y, self.drop_path, rng)
 
 
 class Stage(nnx.Module):
@@ -161,7 +160,7 @@ class ResNetV2(nnx.Module):
         """Replace the classifier (e.g. for transfer); zero-initialised as in BiT."""
         cfg = self.cfg
         kernel_init = (nnx.initializers.zeros_init() if cfg.head_zeroinit
-                       else layers.fan_in_normal())  # LeCun normal
+                       else conv_layers.fan_in_normal())  # LeCun normal
         self.head = nnx.Linear(self.num_features, num_classes, kernel_init=kernel_init,
                                bias_init=nnx.initializers.constant(cfg.head_bias_init), rngs=rngs)
         self.cfg = dataclasses.replace(cfg, num_classes=num_classes)
@@ -170,7 +169,7 @@ class ResNetV2(nnx.Module):
                          ) -> tuple[jax.Array, dict]:
         """[B, H, W, C] images -> [B, 4·widths[-1]] pooled features and named intermediates."""
         out: dict[str, jax.Array] = {}
-        x = layers.max_pool_3x3(self.conv_root(images))
+        x = conv_layers.max_pool_3x3(self.conv_root(images))
         out["stem"] = x
         for s, r in enumerate(layers.split_rng(rng, len(self.cfg.depths))):
             x = getattr(self, f"stage{s}")(x, out, f"stage{s}", r)
@@ -180,7 +179,7 @@ class ResNetV2(nnx.Module):
         return x, out
 
     def forward_head(self, features: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-        return self.head(dropout(features, self.cfg.dropout, rng))
+        return self.head(layers.dropout(features, self.cfg.dropout, rng))
 
     def __call__(self, images: jax.Array, *, rng: jax.Array | None = None
                  ) -> tuple[jax.Array, dict]:
@@ -199,12 +198,7 @@ OPTIONS = ("depths", "widths", "drop_path", "dropout", "image_size", "channels",
 def build(variant: str, *, num_classes: int, rngs: nnx.Rngs, **options: Any) -> ResNetV2:
     """The registry's builder for ``bit-R{depth}x{k}`` (published shape unless overridden)."""
     _, depths, widths = parse_variant(variant)
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ConfigError(
-            f"model.{unknown[0]} is not an option of BiT models; their options: "
-            f"{', '.join(sorted(OPTIONS))}"
-        )
+    checks.known_options("BiT", options, OPTIONS)
     kwargs: dict[str, Any] = dict(depths=depths, widths=widths)
     kwargs.update({k: v for k, v in options.items() if v is not None})
     return ResNetV2(BiTConfig(num_classes=num_classes, **kwargs), rngs=rngs)

@@ -1,5 +1,6 @@
-"""Layers shared by the ConvNets: weight-standardised convolution, squeeze-excite, stochastic
-depth, average pooling and the gamma-scaled activations of normaliser-free networks.
+"""Layers shared by the ConvNets: weight-standardised convolution, squeeze-excite, pooling
+and the gamma-scaled activations of normaliser-free networks. Dropout and stochastic depth,
+shared with the ViT, are in :mod:`vistas.models.layers`.
 
 Images and feature maps are NHWC; convolution kernels are HWIO (``[kh, kw, in/groups, out]``),
 so the fan-in of an output unit is the product of the first three kernel axes.
@@ -17,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from vistas.errors import ConfigError
+from vistas.models import checks
 
 # gamma such that gamma * act(x) has unit variance for x ~ N(0, 1) (Brock et al. 2021,
 # "Characterizing signal propagation to close the performance gap in unnormalized ResNets").
@@ -80,10 +82,7 @@ def fan_in_normal(scale: float = 1.0):
 
 def scaled_activation(name: str) -> Callable[[jax.Array], jax.Array]:
     """``x -> gamma · act(x)``, variance preserving for unit-Gaussian inputs."""
-    if name not in _ACTIVATIONS:
-        raise ConfigError(
-            f"model.activation={name!r} is not known; use one of {', '.join(sorted(_ACTIVATIONS))}"
-        )
+    checks.one_of("activation", name, sorted(_ACTIVATIONS))
     act, gamma = _ACTIVATIONS[name], GAMMAS[name]
     return lambda x: act(x) * jnp.asarray(gamma, x.dtype)
 
@@ -181,24 +180,6 @@ class SqueezeExcite(nnx.Module):
         return jax.nn.sigmoid(h)[:, None, None, :]
 
 
-def drop_path(x: jax.Array, rate: float, rng: jax.Array | None, *,
-              scale_by_keep: bool = False) -> jax.Array:
-    """Stochastic depth: zeroes a residual branch for whole examples with probability ``rate``.
-
-    Only active when an ``rng`` is given (training). NFNet's reference implementation does
-    not rescale the kept branches (``scale_by_keep=False``); with ``True`` they are divided
-    by ``1 - rate`` so that the expectation matches evaluation.
-    """
-    if rate <= 0.0 or rng is None:
-        return x
-    keep_prob = 1.0 - rate
-    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    keep = jax.random.bernoulli(rng, keep_prob, shape)
-    if scale_by_keep:
-        x = x / keep_prob
-    return jnp.where(keep, x, 0.0).astype(x.dtype)
-
-
 def avg_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 average pool with stride 2 and SAME padding; edges average only valid pixels."""
     window, strides = (1, 2, 2, 1), (1, 2, 2, 1)
@@ -212,23 +193,3 @@ def max_pool_3x3(x: jax.Array) -> jax.Array:
     """3x3 max pool with stride 2 and one pixel of padding on each side (ResNet stem)."""
     pad = ((0, 0), (1, 1), (1, 1), (0, 0))
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), pad)
-
-
-def split_rng(rng: jax.Array | None, n: int) -> list[jax.Array | None]:
-    return [None] * n if rng is None else list(jax.random.split(rng, n))
-
-
-def check_stages(name: str, values: list | tuple, what: str) -> tuple[int, ...]:
-    """A per-stage list of positive integers, or a one-line error."""
-    ok = isinstance(values, (list, tuple)) and len(values) > 0 and all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
-    if not ok:
-        raise ConfigError(f"model.{name}={values!r} must be a non-empty list of positive integers "
-                          f"({what})")
-    return tuple(values)
-
-
-def check_rate(name: str, value: float) -> float:
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1):
-        raise ConfigError(f"model.{name}={value!r} must be a number in [0, 1)")
-    return float(value)

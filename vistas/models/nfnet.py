@@ -9,6 +9,10 @@ learnable gain; every activation is multiplied by its gamma constant. A block co
 analytically expected standard deviation of the residual stream (reset after each transition
 block) and ``skip_gain`` starts at zero, so no normalisation layer is needed.
 
+Stochastic depth is :func:`vistas.models.layers.drop_path` with the reference's convention
+(DeepMind's ``StochDepth(scale_by_keep=False)``): kept residual branches are not rescaled in
+training, unlike the ViT's and BiT's.
+
 The forward pass returns ``(logits, out)``; ``out`` holds ``stem``, ``stage{s}/block{i:02d}``
 (the residual stream after every block), ``final_conv``, ``pre_logits`` and ``logits``.
 """
@@ -25,8 +29,7 @@ import numpy as np
 from flax import nnx
 
 from vistas.errors import ConfigError
-from vistas.models import conv_layers as layers
-from vistas.models.vit import dropout
+from vistas.models import checks, conv_layers, layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +79,9 @@ class NFNetConfig:
     head_bias_init: float = 0.0
 
     def __post_init__(self):
-        depths = layers.check_stages("depths", self.depths, "blocks per stage")
-        widths = layers.check_stages("widths", self.widths, "output channels per stage")
-        layers.check_stages("stem_widths", self.stem_widths, "channels of the first stem convs")
+        depths = checks.stages("depths", self.depths, "blocks per stage")
+        widths = checks.stages("widths", self.widths, "output channels per stage")
+        checks.stages("stem_widths", self.stem_widths, "channels of the first stem convs")
         if len(depths) != len(widths):
             raise ConfigError(
                 f"model.depths={list(depths)} and model.widths={list(widths)} must have one "
@@ -97,9 +100,9 @@ class NFNetConfig:
                 )
         if widths[0] % 2:
             raise ConfigError(f"model.widths[0]={widths[0]} must be even (the stem ends at half of it)")
-        layers.check_rate("drop_path", self.drop_path)
-        layers.check_rate("dropout", self.dropout)
-        layers.scaled_activation(self.activation)  # validates the name
+        checks.rate("drop_path", self.drop_path)
+        checks.rate("dropout", self.dropout)
+        conv_layers.scaled_activation(self.activation)  # validates the name
 
 
 def parse_variant(variant: str) -> tuple[str, tuple[int, ...], Variant]:
@@ -131,31 +134,31 @@ class NFBlock(nnx.Module):
         width = groups * cfg.group_width  # rounded to whole groups
         self.activation = cfg.activation
         self.beta, self.alpha, self.stride, self.drop_path = beta, cfg.alpha, stride, drop_path
-        self.conv0 = layers.WSConv(in_ch, width, 1, rngs=rngs)
-        self.conv1 = layers.WSConv(width, width, 3, stride=stride, groups=groups, rngs=rngs)
-        self.conv1b = layers.WSConv(width, width, 3, groups=groups, rngs=rngs)
-        self.conv2 = layers.WSConv(width, out_ch, 1, rngs=rngs)
+        self.conv0 = conv_layers.WSConv(in_ch, width, 1, rngs=rngs)
+        self.conv1 = conv_layers.WSConv(width, width, 3, stride=stride, groups=groups, rngs=rngs)
+        self.conv1b = conv_layers.WSConv(width, width, 3, groups=groups, rngs=rngs)
+        self.conv2 = conv_layers.WSConv(width, out_ch, 1, rngs=rngs)
         self.conv_shortcut = (
-            layers.WSConv(in_ch, out_ch, 1, rngs=rngs) if stride > 1 or in_ch != out_ch else None
+            conv_layers.WSConv(in_ch, out_ch, 1, rngs=rngs) if stride > 1 or in_ch != out_ch else None
         )
-        self.se = layers.SqueezeExcite(out_ch, cfg.se_ratio, rngs=rngs)
+        self.se = conv_layers.SqueezeExcite(out_ch, cfg.se_ratio, rngs=rngs)
         self.skip_gain = nnx.Param(jnp.asarray(np.zeros((), np.float32)))  # SkipInit
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-        out = layers.activate(self.activation, x) * self.beta
+        out = conv_layers.activate(self.activation, x) * self.beta
         shortcut = x
         if self.stride > 1:
-            shortcut = layers.avg_pool_2x2(out)
+            shortcut = conv_layers.avg_pool_2x2(out)
             if self.conv_shortcut is not None:
                 shortcut = self.conv_shortcut(shortcut)
         elif self.conv_shortcut is not None:
             shortcut = self.conv_shortcut(out)
         out = self.conv0(out)
-        out = self.conv1(layers.activate(self.activation, out))
-        out = self.conv1b(layers.activate(self.activation, out))
-        out = self.conv2(layers.activate(self.activation, out))
+        out = self.conv1(conv_layers.activate(self.activation, out))
+        out = self.conv1b(conv_layers.activate(self.activation, out))
+        out = self.conv2(conv_layers.activate(self.activation, out))
         out = 2.0 * self.se(out) * out  # SE gates average 1/2 at init: scaled back by 2
-        out = layers.drop_path(out, self.drop_path, rng)
+        out = layers.drop_path(out, self.drop_path, rng, scale_by_keep=False)
         return shortcut + out * (self.alpha * self.skip_gain[...]).astype(out.dtype)
 
 
@@ -181,13 +184,13 @@ class Stem(nnx.Module):
         self.num = len(chans) - 1
         for i in range(self.num):
             stride = 2 if i in (0, self.num - 1) else 1
-            setattr(self, f"conv{i}", layers.WSConv(chans[i], chans[i + 1], 3, stride=stride, rngs=rngs))
+            setattr(self, f"conv{i}", conv_layers.WSConv(chans[i], chans[i + 1], 3, stride=stride, rngs=rngs))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for i in range(self.num):
             x = getattr(self, f"conv{i}")(x)
             if i < self.num - 1:
-                x = layers.activate(self.activation, x)
+                x = conv_layers.activate(self.activation, x)
         return x
 
 
@@ -216,7 +219,7 @@ class NFNet(nnx.Module):
                 expected_std = (expected_std**2 + cfg.alpha**2) ** 0.5
             setattr(self, f"stage{s}", Stage(blocks))
         self.num_features = cfg.final_conv_mult * ch
-        self.final_conv = layers.WSConv(ch, self.num_features, 1, rngs=rngs)
+        self.final_conv = conv_layers.WSConv(ch, self.num_features, 1, rngs=rngs)
         self.reset_head(cfg.num_classes, rngs=rngs)
 
     def reset_head(self, num_classes: int, *, rngs: nnx.Rngs) -> None:
@@ -237,14 +240,14 @@ class NFNet(nnx.Module):
         rngs = layers.split_rng(rng, len(self.cfg.depths))
         for s, r in enumerate(rngs):
             x = getattr(self, f"stage{s}")(x, out, f"stage{s}", r)
-        x = layers.activate(self.activation, self.final_conv(x))
+        x = conv_layers.activate(self.activation, self.final_conv(x))
         out["final_conv"] = x
         x = jnp.mean(x, axis=(1, 2))
         out["pre_logits"] = x
         return x, out
 
     def forward_head(self, features: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-        return self.head(dropout(features, self.cfg.dropout, rng))
+        return self.head(layers.dropout(features, self.cfg.dropout, rng))
 
     def __call__(self, images: jax.Array, *, rng: jax.Array | None = None
                  ) -> tuple[jax.Array, dict]:
@@ -264,12 +267,7 @@ OPTIONS = ("depths", "widths", "group_width", "stem_widths", "drop_path", "dropo
 def build(variant: str, *, num_classes: int, rngs: nnx.Rngs, **options: Any) -> NFNet:
     """The registry's builder for ``nfnet-VARIANT`` (published settings unless overridden)."""
     _, widths, published = parse_variant(variant)
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ConfigError(
-            f"model.{unknown[0]} is not an option of NFNet models; their options: "
-            f"{', '.join(sorted(OPTIONS))}"
-        )
+    checks.known_options("NFNet", options, OPTIONS)
     kwargs: dict[str, Any] = dict(depths=published.depths, widths=widths,
                                   dropout=published.dropout, image_size=published.train_size)
     kwargs.update({k: v for k, v in options.items() if v is not None})

@@ -7,7 +7,6 @@ even the largest variants are counted without allocating their weights.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from collections.abc import Callable
 from typing import Any
@@ -30,21 +29,8 @@ LISTED = {
 }
 
 
-def _build_vit(variant: str, *, num_classes: int, rngs: nnx.Rngs, **options: Any) -> nnx.Module:
-    vit.parse_variant(variant)
-    fields = {f.name for f in dataclasses.fields(vit.ViTConfig)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        allowed = sorted(fields - {"num_classes", "patch"})
-        raise ConfigError(
-            f"model.{unknown[0]} is not an option of ViT models; their options: {', '.join(allowed)}"
-        )
-    cfg = vit.variant_config(variant, num_classes=num_classes, **options)
-    return vit.VisionTransformer(cfg, rngs=rngs)
-
-
 FAMILIES: dict[str, Callable[..., nnx.Module]] = {
-    "vit": _build_vit, "nfnet": nfnet.build, "bit": bit.build,
+    "vit": vit.build, "nfnet": nfnet.build, "bit": bit.build,
 }
 # Families built of stages whose blocks after the first are identical, and whose parameter
 # shapes follow from the options and the variant's stage depths and widths: variant -> those.

@@ -17,11 +17,12 @@ Block options, each an independent switch (``ViTConfig``):
   LayerNorms (every LayerNorm of the model). MLP biases are always kept.
 
 Training options: ``dropout``, ``drop_path`` (stochastic depth, rate increasing linearly
-from 0 at the first block to ``drop_path`` at the last), ``dtype`` (compute dtype of the
-matmuls) separate from ``param_dtype``, ``remat`` (rematerialisation policy per block) and
-``scan`` (one ``lax.scan`` over stacked blocks: parameters live under ``encoder/blocks``
-with a leading depth axis instead of ``encoder/block00``...). ``convert_layout`` turns
-parameters of one layout (scanned or not, fused or not) into another.
+from 0 at the first block to ``drop_path`` at the last; both as :mod:`vistas.models.layers`
+defines them), ``dtype`` (compute dtype of the matmuls) separate from ``param_dtype``,
+``remat`` (rematerialisation policy per block) and ``scan`` (one ``lax.scan`` over stacked
+blocks: parameters live under ``encoder/blocks`` with a leading depth axis instead of
+``encoder/block00``...). ``convert_layout`` turns parameters of one layout (scanned or not,
+fused or not) into another.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy as np
 from flax import nnx
 
 from vistas.errors import ConfigError
-from vistas.models import fast_layers
+from vistas.models import checks, fast_layers, layers
 from vistas.systems import sharding
 
 # width, depth, mlp_dim, num_heads
@@ -75,11 +76,6 @@ _zeros = nnx.initializers.zeros_init()
 _mlp_bias = nnx.initializers.normal(stddev=1e-6)
 
 
-def _one_of(key: str, value: Any, allowed: Any) -> None:
-    if value not in allowed:
-        raise ConfigError(f"model.{key}={value!r} is not known; use one of {', '.join(map(str, allowed))}")
-
-
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
     """Every architectural and numerical choice of a ViT."""
@@ -111,12 +107,12 @@ class ViTConfig:
     scan: bool = False
 
     def __post_init__(self):
-        _one_of("pool", self.pool, POOLS)
-        _one_of("posemb", self.posemb, POSEMBS)
-        _one_of("gelu", self.gelu, GELUS)
-        _one_of("dtype", self.dtype, DTYPES)
-        _one_of("param_dtype", self.param_dtype, DTYPES)
-        _one_of("remat", self.remat, REMAT_POLICIES)
+        checks.one_of("pool", self.pool, POOLS)
+        checks.one_of("posemb", self.posemb, POSEMBS)
+        checks.one_of("gelu", self.gelu, GELUS)
+        checks.one_of("dtype", self.dtype, DTYPES)
+        checks.one_of("param_dtype", self.param_dtype, DTYPES)
+        checks.one_of("remat", self.remat, REMAT_POLICIES)
         if self.width % self.num_heads:
             raise ConfigError(
                 f"model width {self.width} is not divisible by num_heads {self.num_heads}"
@@ -191,6 +187,14 @@ def variant_config(variant: str, *, num_classes: int, **options: Any) -> ViTConf
     return ViTConfig(num_classes=num_classes, **kwargs)
 
 
+def build(variant: str, *, num_classes: int, rngs: nnx.Rngs, **options: Any) -> VisionTransformer:
+    """The registry's builder for ``vit-NAME/PATCH``; ``options`` are ``ViTConfig`` fields."""
+    parse_variant(variant)
+    fields = {f.name for f in dataclasses.fields(ViTConfig)}
+    checks.known_options("ViT", options, fields, listed=fields - {"num_classes", "patch"})
+    return VisionTransformer(variant_config(variant, num_classes=num_classes, **options), rngs=rngs)
+
+
 def posemb_sincos_2d(grid: int | tuple[int, int], width: int, temperature: float = 10_000.0) -> jax.Array:
     """Fixed 2-D sine-cosine position embedding, [1, rows*cols, width]."""
     gh, gw = (grid, grid) if isinstance(grid, int) else grid
@@ -203,33 +207,9 @@ def posemb_sincos_2d(grid: int | tuple[int, int], width: int, temperature: float
     return jnp.asarray(pe, jnp.float32)[None]
 
 
-def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
-    if rate == 0.0 or rng is None:
-        return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
-
-
-def drop_path(x: jax.Array, rate: float | jax.Array | None, rng: jax.Array | None) -> jax.Array:
-    """Stochastic depth: drops a residual branch for whole examples, rescaling the kept ones.
-
-    ``rate`` may be traced (a per-block rate inside ``scan``); without ``rng`` (evaluation)
-    the branch is returned unchanged.
-    """
-    if rng is None or rate is None or (isinstance(rate, float) and rate == 0.0):
-        return x
-    keep_prob = 1.0 - rate
-    keep = jax.random.bernoulli(rng, keep_prob, (x.shape[0],) + (1,) * (x.ndim - 1))
-    return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), 0.0).astype(x.dtype)
-
-
-def _split(rng: jax.Array | None, n: int) -> list[jax.Array | None]:
-    return [None] * n if rng is None else list(jax.random.split(rng, n))
-
-
 def _path_rngs(rng: jax.Array | None) -> list[jax.Array | None]:
     """Two drop-path keys per block, independent of the block's dropout keys."""
-    return _split(None if rng is None else jax.random.fold_in(rng, 3), 2)
+    return layers.split_rng(None if rng is None else jax.random.fold_in(rng, 3), 2)
 
 
 def _layer_norm(cfg: ViTConfig, features: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -323,7 +303,7 @@ class MLP(nnx.Module):
             (x,) = self.fc1.promote_dtype((x,), dtype=self.fc1.dtype)
             return _tokens(fast_layers.mlp(x, kernel1, bias1, kernel2, bias2, self.approximate, _hidden))
         x = fast_layers.gelu(_hidden(self.fc1(x)), self.approximate)
-        return _tokens(self.fc2(dropout(x, rate, rng)))
+        return _tokens(self.fc2(layers.dropout(x, rate, rng)))
 
     def _normed(self, x: jax.Array, norm: nnx.LayerNorm) -> jax.Array | None:
         prepared = norm.prepared(x) if isinstance(norm, fast_layers.LayerNorm) else None
@@ -350,11 +330,12 @@ class EncoderBlock(nnx.Module):
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None,
                  path_rate: float | jax.Array = 0.0) -> jax.Array:
-        r1, r2, r3 = _split(rng, 3)
+        r1, r2, r3 = layers.split_rng(rng, 3)
         p1, p2 = _path_rngs(rng)
-        x = x + drop_path(dropout(self.attn.self_attend(x, self.norm1), self.rate, r1), path_rate, p1)
+        y = layers.dropout(self.attn.self_attend(x, self.norm1), self.rate, r1)
+        x = x + layers.drop_path(y, path_rate, p1)
         y = self.mlp(x, self.rate, r2, norm=self.norm2)
-        return _tokens(x + drop_path(dropout(y, self.rate, r3), path_rate, p2))
+        return _tokens(x + layers.drop_path(layers.dropout(y, self.rate, r3), path_rate, p2))
 
 
 class ParallelBlock(nnx.Module):
@@ -368,11 +349,11 @@ class ParallelBlock(nnx.Module):
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None,
                  path_rate: float | jax.Array = 0.0) -> jax.Array:
-        _, r2, r3 = _split(rng, 3)
+        _, r2, r3 = layers.split_rng(rng, 3)
         p1, _ = _path_rngs(rng)
         y = self.norm(x)
         y = self.attn(y, y) + self.mlp(y, self.rate, r2)
-        return _tokens(x + drop_path(dropout(y, self.rate, r3), path_rate, p1))
+        return _tokens(x + layers.drop_path(layers.dropout(y, self.rate, r3), path_rate, p1))
 
 
 class FusedIn(nnx.Module):
@@ -420,7 +401,7 @@ class FusedParallelBlock(nnx.Module):
     def __call__(self, x: jax.Array, rng: jax.Array | None = None,
                  path_rate: float | jax.Array = 0.0) -> jax.Array:
         cfg = self.cfg
-        _, r2, r3 = _split(rng, 3)
+        _, r2, r3 = layers.split_rng(rng, 3)
         p1, _ = _path_rngs(rng)
         b, n, _ = x.shape
         h, dh = cfg.num_heads, cfg.head_dim
@@ -436,8 +417,8 @@ class FusedParallelBlock(nnx.Module):
         if cfg.qk_norm:
             q, k = self.query_norm(q), self.key_norm(k)
         a = attend(q, k, v).reshape(b, n, h * dh)
-        y = self.out_proj(jnp.concatenate([a, dropout(hidden, cfg.dropout, r2)], axis=-1))
-        return _tokens(x + drop_path(dropout(y, cfg.dropout, r3), path_rate, p1))
+        y = self.out_proj(jnp.concatenate([a, layers.dropout(hidden, cfg.dropout, r2)], axis=-1))
+        return _tokens(x + layers.drop_path(layers.dropout(y, cfg.dropout, r3), path_rate, p1))
 
 
 def block_class(cfg: ViTConfig) -> type[nnx.Module]:
@@ -479,7 +460,7 @@ class Encoder(nnx.Module):
         return jax.checkpoint(apply, policy=policy, prevent_cse=not self.scan)
 
     def __call__(self, x: jax.Array, out: dict, rng: jax.Array | None = None) -> jax.Array:
-        rngs = _split(rng, self.depth)
+        rngs = layers.split_rng(rng, self.depth)
         if self.scan:
             graphdef, state = nnx.split(self.blocks)
             apply = self._apply(graphdef)
@@ -597,8 +578,8 @@ class VisionTransformer(nnx.Module):
         out["with_posemb"] = x
         if cfg.pool == "tok":
             x = jnp.concatenate([jnp.broadcast_to(self.cls[...].astype(x.dtype), (b, 1, d)), x], axis=1)
-        r_drop, r_enc = _split(rng, 2)
-        x = dropout(x, cfg.dropout, r_drop)
+        r_drop, r_enc = layers.split_rng(rng, 2)
+        x = layers.dropout(x, cfg.dropout, r_drop)
         x = self.encoder(x, out, r_enc)
         out["encoded"] = x
         if cfg.pool == "gap":

@@ -125,9 +125,9 @@ def preset_memory(cfg: config_lib.Config, optimizer: str | None = None,
 
     The number of classes is read from the config's dataset (its eval split is loaded).
     """
-    from vistas.train import loop
+    from vistas import experiment
 
-    _, _, num_classes = loop.build_sources(cfg, with_train=False)
+    num_classes = experiment.num_classes_of(cfg)
     options = config_lib.model_options(cfg.model)
     options["channels"] = cfg.data.channels
     spec = optimizer if optimizer is not None else cfg.optim.name

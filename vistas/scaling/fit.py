@@ -234,12 +234,21 @@ def _points(rows: list[dict], x: str, y: str) -> tuple[list[dict], np.ndarray, n
     return done, np.array([r[xcol] for r in done], float), np.array([r[y] for r in done], float)
 
 
-def fit_results(results: Any, *, x: str = "compute", y: str = "eval_error", n_bootstrap: int = 200,
-                extrapolate: float = 0.3, plot: str | None = None, examples_plot: str | None = None,
-                seed: int = 0) -> dict[str, Any]:
+@dataclasses.dataclass
+class Study:
+    """A results table fitted by ``fit_study``: the JSON-able report, the finished runs it
+    was fitted on and the bootstrap draws of the main law ({name: [n']}); the figures
+    (``vistas.scaling.plots.write_figures``) are drawn from these."""
+
+    report: dict[str, Any]
+    runs: list[dict]
+    draws: dict[str, np.ndarray]
+
+
+def fit_study(results: Any, *, x: str = "compute", y: str = "eval_error", n_bootstrap: int = 200,
+              extrapolate: float = 0.3, seed: int = 0) -> Study:
     """Frontier, fits of every form, bootstrap intervals of the saturating law and the
-    extrapolation check for a results table (rows, or a path: CSV, JSONL or sweep folder);
-    writes the figures when asked. Returns a JSON-able report."""
+    extrapolation check for a results table (rows, or a path: CSV, JSONL or sweep folder)."""
     from vistas.scaling import results as results_lib
 
     n_boot = n_bootstrap
@@ -269,15 +278,15 @@ def fit_results(results: Any, *, x: str = "compute", y: str = "eval_error", n_bo
                          "extrapolation": checks[form]} for form, f in fits.items()},
         "skipped_forms": skipped,
     }
-    if plot:
-        from vistas.scaling import plots
+    return Study(report, done, draws)
 
-        report["plot"] = str(plots.plot_fit(done, report, draws, plot))
-    if examples_plot:
-        from vistas.scaling import plots
 
-        report["examples_plot"] = str(plots.plot_examples(done, y, examples_plot))
-    return report
+def fit_results(results: Any, *, x: str = "compute", y: str = "eval_error", n_bootstrap: int = 200,
+                extrapolate: float = 0.3, seed: int = 0) -> dict[str, Any]:
+    """The JSON-able report of ``fit_study``. Figures: ``vistas.scaling.plots.write_figures``
+    on the study (``vistas fit --plot``)."""
+    return fit_study(results, x=x, y=y, n_bootstrap=n_bootstrap, extrapolate=extrapolate,
+                     seed=seed).report
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -314,5 +323,5 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FORMS", "Fit", "bootstrap", "extrapolation_check", "fit_law", "fit_results",
-           "format_report", "intervals", "law", "pareto_frontier"]
+__all__ = ["FORMS", "Fit", "Study", "bootstrap", "extrapolation_check", "fit_law", "fit_results",
+           "fit_study", "format_report", "intervals", "law", "pareto_frontier"]

@@ -1,5 +1,6 @@
 """Figures of a scaling study: error vs compute with the frontier and the fitted law, and
-error vs examples seen per model size."""
+error vs examples seen per model size. They draw a ``vistas.scaling.fit.Study``; the fit
+itself knows nothing of them."""
 
 from __future__ import annotations
 
@@ -127,4 +128,16 @@ def plot_examples(rows: list[dict], y: str, path: str | pathlib.Path) -> pathlib
     return _save(fig, path)
 
 
-__all__ = ["plot_examples", "plot_fit"]
+def write_figures(study: fit_lib.Study, *, plot: str | pathlib.Path | None = None,
+                  examples_plot: str | pathlib.Path | None = None) -> dict[str, Any]:
+    """Writes the figures asked for (``plot``: ``plot_fit``; ``examples_plot``:
+    ``plot_examples``) and records their paths in the study's report, which it returns."""
+    report = study.report
+    if plot:
+        report["plot"] = str(plot_fit(study.runs, report, study.draws, plot))
+    if examples_plot:
+        report["examples_plot"] = str(plot_examples(study.runs, report["y"], examples_plot))
+    return report
+
+
+__all__ = ["plot_examples", "plot_fit", "write_figures"]

@@ -25,7 +25,8 @@ import pathlib
 from typing import Any
 
 from vistas.errors import VistasError
-from vistas.scaling import sweep as sweep_lib
+from vistas.files import atomic_write
+from vistas.scaling import folder
 from vistas.scaling.spec import Member
 
 COLUMNS = [
@@ -52,7 +53,7 @@ def _last_metrics(workdir: pathlib.Path) -> dict[str, Any]:
 
 
 def member_row(out: pathlib.Path, member: Member, source_steps: int | None) -> dict[str, Any]:
-    status, detail = sweep_lib.member_status(out, member)
+    status, detail = folder.member_status(out, member)
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     row.update(member=member.id, model=member.model,
                data_size="full" if member.data_size is None else member.data_size,
@@ -62,14 +63,14 @@ def member_row(out: pathlib.Path, member: Member, source_steps: int | None) -> d
     if status != "done":
         return row
     wd = out / member.id
-    summary = sweep_lib.read_json(wd / "summary.json")
-    acc = sweep_lib.read_json(wd / sweep_lib.ACCOUNTING)
-    cfg = sweep_lib.read_json(wd / "config.json")
+    summary = folder.read_json(wd / "summary.json")
+    acc = folder.read_json(wd / folder.ACCOUNTING)
+    cfg = folder.read_json(wd / "config.json")
     steps = int(summary["total_steps"])
     batch = int(cfg["data"]["batch_size"])
     wall = float(acc.get("wall_s", 0.0))
     if member.branch_step and source_steps:
-        src = sweep_lib.read_json(out / member.group / "source" / sweep_lib.ACCOUNTING)
+        src = folder.read_json(out / member.group / "source" / folder.ACCOUNTING)
         wall += float(src.get("wall_s", 0.0)) * member.branch_step / source_steps
     devices = int(acc.get("devices", 1))
     metrics = _last_metrics(wd)
@@ -95,7 +96,7 @@ def member_row(out: pathlib.Path, member: Member, source_steps: int | None) -> d
 def collect(out: str | pathlib.Path, *, write: bool = True) -> list[dict[str, Any]]:
     """The results table of the sweep in ``out``; written as CSV and JSON lines."""
     out = pathlib.Path(out)
-    spec = sweep_lib.load_out(out)
+    spec = folder.load_out(out)
     rows = [member_row(out, m, g.source_steps) for g in spec.groups() for m in g.members]
     if write:
         columns = COLUMNS + sorted({k for r in rows for k in r} - set(COLUMNS))
@@ -104,7 +105,7 @@ def collect(out: str | pathlib.Path, *, write: bool = True) -> list[dict[str, An
             w.writeheader()
             for r in rows:
                 w.writerow({k: "" if r.get(k) is None else r[k] for k in columns})
-        (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 

@@ -12,7 +12,9 @@ Per member folder, besides the run's own files: ``accounting.json`` (wall time s
 over sessions, devices, FLOPs per step and where that figure comes from, parameters) and
 ``error.txt`` when it failed. The sweep folder holds ``sweep.json`` (the resolved spec),
 ``logs/<group>.log``, and the results table ``results.csv`` / ``results.jsonl``
-(``vistas.scaling.results``).
+(``vistas.scaling.results``). Reading that folder (``load_out``, ``member_status``,
+``status``) is ``vistas.scaling.folder``'s, shared with the results table; the names are
+importable from here too.
 """
 
 from __future__ import annotations
@@ -32,46 +34,23 @@ from collections.abc import Callable
 from typing import Any
 
 from vistas.errors import ConfigError, VistasError
+from vistas.files import atomic_write
+from vistas.scaling import results
 from vistas.scaling import spec as spec_lib
-from vistas.scaling.spec import Group, Member, SweepSpec
+from vistas.scaling.folder import (
+    ACCOUNTING,
+    ERROR,
+    RUNNING,
+    is_finished,
+    load_out,
+    member_status,
+    read_json,
+    status,
+    write_spec,
+)
+from vistas.scaling.spec import Group, SweepSpec
 
-ACCOUNTING = "accounting.json"
-ERROR = "error.txt"
-RUNNING = ".running"
 INTERRUPTED_STATUS = 130  # exit status of a group stopped by SIGTERM/SIGINT (checkpoint saved)
-
-
-def read_json(path: pathlib.Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def is_finished(workdir: pathlib.Path) -> bool:
-    return bool(read_json(workdir / "summary.json").get("finished"))
-
-
-def _write_spec(spec: SweepSpec, out: pathlib.Path) -> None:
-    """Records the spec in ``out/sweep.json``; refuses an out dir that holds another sweep."""
-    path = out / "sweep.json"
-    now = spec.to_dict()
-    if path.exists():
-        old = read_json(path)
-        if old and old != now:
-            diff = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
-            raise ConfigError(f"{out} holds a different sweep (differs in {', '.join(diff)}); "
-                              "use a new --out, or the same spec to resume")
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(now, indent=2))
-
-
-def load_out(out: str | pathlib.Path) -> SweepSpec:
-    """The spec of the sweep in ``out`` (from its ``sweep.json``)."""
-    path = pathlib.Path(out) / "sweep.json"
-    if not path.exists():
-        raise VistasError(f"{out} holds no sweep (no sweep.json); start one with `vistas sweep run`")
-    return spec_lib.from_dict(read_json(path), str(path))
 
 
 def _select(spec: SweepSpec, only: str | None) -> list[Group]:
@@ -96,13 +75,13 @@ def _update_accounting(workdir: pathlib.Path, **fields: Any) -> dict:
     path = workdir / ACCOUNTING
     acc = {**read_json(path), **fields}
     workdir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(acc, indent=2))
+    atomic_write(path, json.dumps(acc, indent=2))
     return acc
 
 
 def _record_failure(workdir: pathlib.Path, message: str, detail: str = "") -> None:
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / ERROR).write_text(message.strip() + "\n" + (f"\n{detail}" if detail else ""))
+    atomic_write(workdir / ERROR, message.strip() + "\n" + (f"\n{detail}" if detail else ""))
 
 
 def _error_line(e: BaseException) -> str:
@@ -239,13 +218,11 @@ def run(spec_arg: str, out: str | pathlib.Path, *, parallel: int = 1, only: str 
         in_process: bool = False, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Runs the sweep ``spec_arg`` (a spec file or preset name) into ``out``; returns the
     results table (also written to ``out/results.csv`` and ``out/results.jsonl``)."""
-    from vistas.scaling import results
-
     if parallel < 1:
         raise ConfigError(f"--parallel {parallel} must be at least 1")
     spec = spec_lib.load(spec_arg)
     out = pathlib.Path(out).absolute()
-    _write_spec(spec, out)
+    write_spec(spec, out)
     groups = _select(spec, only)
     if in_process:
         for g in groups:
@@ -267,49 +244,7 @@ def run(spec_arg: str, out: str | pathlib.Path, *, parallel: int = 1, only: str 
     return rows
 
 
-# --- status and commands ---------------------------------------------------------------
-
-
-def _alive(marker: pathlib.Path) -> bool:
-    info = read_json(marker)
-    if info.get("host") != socket.gethostname():
-        return bool(info)  # another machine's run: trust the marker
-    try:
-        os.kill(int(info["pid"]), 0)
-    except (KeyError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _latest_step(workdir: pathlib.Path) -> int | None:
-    ckpt = workdir / "checkpoints"
-    steps = [int(p.name) for p in ckpt.iterdir() if p.name.isdigit()] if ckpt.is_dir() else []
-    return max(steps) if steps else None
-
-
-def member_status(out: pathlib.Path, member: Member) -> tuple[str, str]:
-    """(status, detail): done, running, failed, partial (interrupted) or pending."""
-    wd = out / member.id
-    if is_finished(wd):
-        return "done", ""
-    if _alive(out / member.group / RUNNING):
-        step = _latest_step(wd)
-        return "running", f"checkpoint {step}" if step else ""
-    if (wd / ERROR).exists():
-        return "failed", (wd / ERROR).read_text().splitlines()[0]
-    step = _latest_step(wd)
-    if step is not None:
-        return "partial", f"checkpoint {step}/{member.budget}; resumes on the next run"
-    return "pending", ""
-
-
-def status(out: str | pathlib.Path) -> list[dict[str, str]]:
-    out = pathlib.Path(out)
-    spec = load_out(out)
-    return [{"member": m.id, "status": s, "detail": d}
-            for m in spec.members() for s, d in [member_status(out, m)]]
+# --- commands for a cluster -------------------------------------------------------------
 
 
 def commands(spec_arg: str, out: str | pathlib.Path) -> tuple[list[str], str]:
@@ -335,9 +270,9 @@ def commands(spec_arg: str, out: str | pathlib.Path) -> tuple[list[str], str]:
         shlex.join([*base, "--in-process"]) + ' --only "${SWEEP_GROUPS[$SLURM_ARRAY_TASK_ID]}"',
         "",
     ])
-    _write_spec(spec, out)
-    (out / "commands.txt").write_text("\n".join(lines) + "\n")
-    (out / "slurm_array.sh").write_text(script)
+    write_spec(spec, out)
+    atomic_write(out / "commands.txt", "\n".join(lines) + "\n")
+    atomic_write(out / "slurm_array.sh", script)
     return lines, script
 
 

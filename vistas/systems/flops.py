@@ -79,12 +79,13 @@ def _vit_config(cfg: Config, num_classes: int) -> Any:
 def abstract_step(cfg: Config, num_classes: int, global_batch: int) -> tuple[Any, Any, Any]:
     """``(train_step, state, batch)`` of ``cfg``: the step function of ``vistas.train.step``
     with an abstract (ShapeDtypeStruct) train state and batch; nothing is allocated."""
+    from vistas import experiment
     from vistas.models import registry
     from vistas.optim import builder
-    from vistas.train import loop, losses
+    from vistas.train import losses
     from vistas.train import step as step_lib
 
-    model = nnx.eval_shape(lambda: loop.build_model(cfg, num_classes))
+    model = nnx.eval_shape(lambda: experiment.build_model(cfg, num_classes))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     params = nnx.to_pure_dict(params)
     schedule = optax.constant_schedule(1.0)

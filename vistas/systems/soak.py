@@ -1,8 +1,8 @@
 """Kill-and-resume soak: does a run that is SIGKILLed again and again end where an
 uninterrupted one does?
 
-``soak`` trains a reference run in this process, then runs the same command as
-``vistas train`` subprocesses and SIGKILLs each at a seeded random moment: while it starts
+``soak`` trains a reference run (a ``vistas train`` subprocess), then runs the same command
+again as subprocesses and SIGKILLs each at a seeded random moment: while it starts
 (no step taken yet), at a random step, or while a checkpoint is being written (orbax's
 ``<step>.orbax-checkpoint-tmp`` directory exists). After every kill it checks that the
 checkpoint left behind is complete and loads, and that the next session says it resumes
@@ -75,9 +75,9 @@ def last_logged_step(metrics: pathlib.Path) -> int:
 def _params(cfg: config_lib.Config, workdir: pathlib.Path) -> list[np.ndarray]:
     import jax
 
-    from vistas.train import loop
+    from vistas import runs
 
-    _, params, _ = loop.final_params(workdir, cfg)
+    _, params, _ = runs.final_params(workdir, cfg)
     return [np.asarray(x) for x in jax.tree.leaves(params)]
 
 
@@ -85,10 +85,10 @@ def _check_loads(cfg: config_lib.Config, workdir: pathlib.Path, step: int) -> No
     """Restores checkpoint ``step`` of ``workdir`` (parameters, optimizer state, data state)."""
     import jax
 
-    from vistas.train import loop
+    from vistas import experiment
     from vistas.train import step as step_lib
 
-    exp = loop.build(cfg, with_train=False)
+    exp = experiment.build(cfg, with_train=False)
     state = step_lib.init_state(exp.params, exp.tx, cfg.train.seed)
     if cfg.train.nonfinite == "skip":
         state["skipped"] = np.zeros((), np.int32)
@@ -150,22 +150,30 @@ def soak(preset: str, overrides: list[str], workdir: str | pathlib.Path, *, kill
     (one :class:`Kill` each), ``equal`` (final parameters and losses match the reference)
     and ``lost`` (kills after which a resume did not start from the last complete
     checkpoint)."""
-    from vistas.train import loop
+    from vistas import experiment
 
     workdir = pathlib.Path(workdir)
     overrides = [*overrides, "train.log_every=1"]  # kill moments are chosen by logged step
     cfg = config_lib.apply_overrides(presets.get(preset), list(overrides))
-    total = loop.build(cfg).total_steps
+    total = experiment.build(cfg).total_steps
     say(f"soak: {preset} for {total} steps, {kills} kills, seed {seed}")
     t0 = time.monotonic()
-    loop.train(cfg, workdir / "reference", quiet=True)
+    env = {**os.environ, **(env or {})}
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    def command(run: pathlib.Path) -> list[str]:
+        return [sys.executable, "-m", "vistas.cli", "train", "--preset", preset, "--workdir", str(run),
+                "--set", *overrides, "train.progress=False"]
+
+    reference = _session(command(workdir / "reference"), env, workdir / "reference.log")
+    if reference.wait() != 0:
+        raise VistasError(f"soak: the reference run failed (status {reference.returncode}); "
+                          f"see {workdir / 'reference.log'}")
     say(f"soak: reference run done in {time.monotonic() - t0:.0f} s")
 
     run = workdir / "killed"
     ckpt_dir = run / "checkpoints"
-    cmd = [sys.executable, "-m", "vistas.cli", "train", "--preset", preset, "--workdir", str(run),
-           "--set", *overrides, "train.progress=False"]
-    env = {**os.environ, **(env or {})}
+    cmd = command(run)
     rng = random.Random(seed)
     modes = [MODES[i % len(MODES)] for i in range(kills)]
     rng.shuffle(modes)

@@ -31,30 +31,12 @@ import numpy as np
 
 from vistas import checkpoint as ckpt_lib
 from vistas import config as config_lib
+from vistas import experiment, runs
 from vistas.config import Config
 from vistas.errors import ConfigError
+from vistas.files import atomic_write
 from vistas.optim import schedules
 from vistas.train import loop
-
-
-def _make_schedule(cfg: Config, steps_per_epoch: float) -> tuple[Any, int, dict[str, int]]:
-    """The schedule of `cfg`, its length, and its durations resolved to steps."""
-    d = cfg.data
-    total = schedules.parse_duration(cfg.train.duration, name="train.duration",
-                                     steps_per_epoch=steps_per_epoch, batch_size=d.batch_size)
-
-    def dur(value: Any, name: str) -> int:
-        return schedules.parse_duration(value, name=name, steps_per_epoch=steps_per_epoch,
-                                        batch_size=d.batch_size, total_steps=total)
-
-    s = cfg.schedule
-    resolved = {"warmup": dur(s.warmup, "schedule.warmup"),
-                "timescale": max(1, dur(s.timescale, "schedule.timescale")),
-                "cooldown": dur(s.cooldown, "schedule.cooldown")}
-    fn = schedules.make_schedule(total_steps=total, warmup_steps=resolved["warmup"],
-                                 decay=s.decay, timescale=resolved["timescale"],
-                                 cooldown_steps=resolved["cooldown"], min_value=s.min_value)
-    return fn, total, resolved
 
 
 def branch_config(src_cfg: Config, src: str | pathlib.Path, step: int, steps: Any,
@@ -65,7 +47,8 @@ def branch_config(src_cfg: Config, src: str | pathlib.Path, step: int, steps: An
     Raises ConfigError when the source's schedule up to `step` cannot be followed exactly
     (a decay that depends on the run's length, or `step` inside the source's own cooldown).
     """
-    src_fn, src_total, resolved = _make_schedule(src_cfg, steps_per_epoch)
+    resolved = experiment.schedule_of(src_cfg, steps_per_epoch)
+    src_fn, src_total = resolved.fn, resolved.total_steps
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 < step <= src_total:
         raise ConfigError(
             f"branch step {step!r} is invalid; use a step in 1..{src_total} of the source run"
@@ -77,12 +60,12 @@ def branch_config(src_cfg: Config, src: str | pathlib.Path, step: int, steps: An
         raise ConfigError(f"cooldown steps={steps!r} gives {n} steps; use at least 1")
     cfg = Config.from_dict(src_cfg.to_dict())
     cfg.train.duration = step + n
-    cfg.schedule.warmup = resolved["warmup"]
-    cfg.schedule.timescale = resolved["timescale"]
+    cfg.schedule.warmup = resolved.warmup
+    cfg.schedule.timescale = resolved.timescale
     cfg.schedule.cooldown = n
     cfg.train.branched_from = f"{pathlib.Path(src).absolute()}@{step}"
     config_lib.validate(cfg)
-    dst_fn, _, _ = _make_schedule(cfg, steps_per_epoch)
+    dst_fn = experiment.schedule_of(cfg, steps_per_epoch).fn
     t = jnp.arange(step)
     if not np.array_equal(np.asarray(src_fn(t)), np.asarray(dst_fn(t))):
         s = src_cfg.schedule
@@ -91,7 +74,7 @@ def branch_config(src_cfg: Config, src: str | pathlib.Path, step: int, steps: An
                    "schedule.decay='rsqrt' (or 'constant') to branch cooldowns from it")
         else:
             why = (f"step {step} lies in the source's own cooldown "
-                   f"(its last {resolved['cooldown']} steps); branch from an earlier step")
+                   f"(its last {resolved.cooldown} steps); branch from an earlier step")
         raise ConfigError(f"cannot branch at step {step}: the schedule would differ before it; "
                           + why)
     return cfg
@@ -109,7 +92,7 @@ def _copy_metrics(src: pathlib.Path, dst: pathlib.Path, step: int) -> None:
             continue  # a row cut short by a kill
         if isinstance(row, dict) and row.get("step", step + 1) <= step:
             rows.append(json.dumps(row))
-    (dst / "metrics.jsonl").write_text("".join(r + "\n" for r in rows))
+    atomic_write(dst / "metrics.jsonl", "".join(r + "\n" for r in rows))
 
 
 def _inside(path: pathlib.Path, parent: pathlib.Path) -> bool:
@@ -129,8 +112,8 @@ def branch(src: str | pathlib.Path, step: int, steps: Any,
     if _inside(dst, src) or _inside(src, dst):
         raise ConfigError(f"the branch directory {dst} must lie outside the source run {src} "
                           "(and not contain it): the source is never written")
-    src_cfg = loop.load_config(src)
-    train_source, _, _ = loop.build_sources(src_cfg, with_train=True)
+    src_cfg = runs.load_config(src)
+    train_source, _, _ = experiment.build_sources(src_cfg, with_train=True)
     cfg = branch_config(src_cfg, src, step, steps, len(train_source) / src_cfg.data.batch_size)
     ckpt_dir = dst / "checkpoints"
     if ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir()):
@@ -139,7 +122,7 @@ def branch(src: str | pathlib.Path, step: int, steps: Any,
         dst.mkdir(parents=True, exist_ok=True)
         ckpt_lib.copy_step(src / "checkpoints", step, ckpt_dir)
         _copy_metrics(src, dst, step)
-        (dst / "config.json").write_text(cfg.to_json())
+        runs.write_config(dst, cfg)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 

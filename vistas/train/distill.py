@@ -3,8 +3,8 @@
 "Knowledge distillation: a good teacher is patient and consistent" (Beyer et al., arXiv
 2106.05237): the student is trained to match the predictive distribution of one or more
 frozen teachers, ``T²·KL(p_teacher(x/T) ‖ p_student(x/T))``, on the views it sees. A run
-with ``distill.mode`` other than ``"off"`` is an ordinary run of ``loop.train`` whose step
-gets a :class:`Task`: inside the same jitted step the task builds the views, evaluates the
+with ``distill.mode`` other than ``"off"`` is an ordinary run of ``loop.train`` whose task
+is a :class:`Task`: inside the same jitted step the task builds the views, evaluates the
 teachers in inference mode and supplies the loss. ``distill.mode`` picks the views:
 
 - ``consistent`` (function matching): one augmented view (crop + flip) and mixup of the
@@ -16,7 +16,7 @@ teachers in inference mode and supplies the loss. ``distill.mode`` picks the vie
   teacher distributions);
 - ``labels``: no teacher in the loss, the supervised baseline with the same views.
 
-Teachers are runs (work directories) of any family, loaded with ``loop.final_params``;
+Teachers are runs (work directories) of any family, loaded with ``runs.final_params``;
 an ensemble averages their probabilities. They are referenced by path and parameter
 checksum in ``teachers.json`` of the run, never stored in its checkpoints; resuming refuses
 when a teacher changed. The pipeline produces views of ``distill.view_size`` pixels (by
@@ -38,9 +38,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vistas import experiment, runs
 from vistas.config import DISTILL_MODES, Config
-from vistas.data import mixing, pipeline, transforms
+from vistas.data import mixing, pipeline
 from vistas.errors import ConfigError
+from vistas.evaluate.evaluators import Evaluator
+from vistas.files import atomic_path, atomic_write
 from vistas.systems import mesh as mesh_lib
 from vistas.train import losses
 
@@ -49,6 +52,7 @@ TEACHERS_FILE = "teachers.json"
 CACHE_FILE = "teacher_logits.npz"
 TEACHER_LOGITS = "teacher_logits"  # the per-example field of the cached logits (fixed mode)
 TEACHER_IMAGE = "teacher_image"  # the teachers' own view (independent mode)
+TASK_STREAM = 0x7461736B  # the task's random stream (mixing weights), apart from the model's
 
 
 def active(cfg: Config) -> bool:
@@ -89,11 +93,9 @@ def params_checksum(params: Any) -> str:
 def load_teachers(paths: list[str]) -> tuple[list[Teacher], list[Any]]:
     """The teachers of ``paths`` (run directories; their latest checkpoints) and their
     parameters, replicated on the data mesh."""
-    from vistas.train import loop
-
     teachers, params = [], []
     for path in paths:
-        exp, p, step = loop.final_params(path)
+        exp, p, step = runs.final_params(path)
         d = exp.cfg.data
         teachers.append(Teacher(
             workdir=str(path), step=int(step), checksum=params_checksum(p), graphdef=exp.graphdef,
@@ -129,9 +131,7 @@ def check_resume(workdir: pathlib.Path, teachers: list[Teacher]) -> None:
 
 
 def write_teachers(workdir: pathlib.Path, teachers: list[Teacher]) -> None:
-    tmp = workdir / (TEACHERS_FILE + ".tmp")
-    tmp.write_text(json.dumps([t.record() for t in teachers], indent=2))
-    tmp.replace(workdir / TEACHERS_FILE)
+    atomic_write(workdir / TEACHERS_FILE, json.dumps([t.record() for t in teachers], indent=2))
 
 
 def view_size(cfg: Config, teachers: list[Teacher]) -> int:
@@ -182,7 +182,7 @@ def kl_loss(student_logits: jax.Array, teacher_probs: jax.Array, temperature: fl
 
 @dataclasses.dataclass
 class Task:
-    """The distillation task handed to the train step.
+    """The distillation task (``vistas.train.task.Task``).
 
     ``prepare(frozen, batch, key) -> batch`` runs inside the jitted step before the student:
     it mixes the views, evaluates the teachers (``frozen`` is the list of their parameters)
@@ -201,11 +201,25 @@ class Task:
     frozen: list[Any]
     value_range: tuple[float, float]
     label_loss: Callable = losses.softmax_xent
+    source: Any = None  # the training source (with the cached logits in fixed mode)
+    transform: Callable | None = None  # the host-side views
+    evaluator: Callable[[Any], dict[str, float]] | None = None
+    extra_keys: tuple[str, ...] = ()
 
     def __post_init__(self):
         self._teacher_fn = teacher_logits(self.teachers, self.value_range)
 
+    def data(self) -> tuple[Any, Callable]:
+        return self.source, self.transform
+
+    def evaluators(self, every: int) -> list[Evaluator]:
+        if self.evaluator is None:
+            return []
+        evaluate = self.evaluator
+        return [Evaluator("distillation", every, lambda state: (evaluate(state["params"]), None))]
+
     def prepare(self, frozen: list, batch: dict, key: jax.Array) -> dict:
+        key = jax.random.fold_in(key, TASK_STREAM)
         images = batch["image"]
         onehot = mixing.one_hot_targets(batch["label"], self.num_classes)
         out: dict[str, jax.Array] = {}
@@ -289,29 +303,37 @@ class WithTeacherLogits:
 
 
 def train_transform(cfg: Config, size: int) -> Callable:
-    d = cfg.data
-    t = transforms.make_train_transform(image_size=size, crop=d.crop, inception_area=d.inception_area,
-                                        pad=d.pad, flip=d.flip, value_range=d.value_range)
+    """The run's training augmentation (crop, flip, RandAugment / AutoAugment) at the view
+    size: one view shared by teachers and student, or two independent draws."""
+    t = experiment.train_transform(cfg, size)
     return TwoViews(t) if cfg.distill.mode == "independent" else t
 
 
 def eval_transform(cfg: Config, size: int) -> Callable:
-    return transforms.make_eval_transform(image_size=size, crop_fraction=cfg.data.eval_crop_fraction,
-                                          value_range=cfg.data.value_range)
+    return experiment.eval_transform(cfg, size)
 
 
 # ----------------------------------------------------------------------------- fixed teacher
 
 
 def _all_logits(source, teachers: list[Teacher], frozen: list, cfg: Config, size: int, mesh) -> np.ndarray:
-    """[len(source), n_teachers, K] teacher logits on central crops of every example."""
+    """[len(source), n_teachers, K] teacher logits on central crops of every example, on
+    every process: each process reads its part of each global batch, and the logits of the
+    whole batch are gathered."""
     fn = jax.jit(teacher_logits(teachers, tuple(cfg.data.value_range)))
     out = []
     for batch in pipeline.eval_batches(source, global_batch_size=cfg.data.eval_batch_size,
-                                       transform=eval_transform(cfg, size)):
-        images = mesh_lib.put_batch({"image": batch["image"]}, mesh)["image"]
-        logits = np.asarray(jax.device_get(fn(frozen, images)))  # [n, b, K]
-        out.append(np.moveaxis(logits, 0, 1)[batch["mask"]])
+                                       transform=eval_transform(cfg, size),
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count()):
+        batch = mesh_lib.put_batch({"image": batch["image"], "mask": batch["mask"]}, mesh)
+        logits, mask = fn(frozen, batch["image"]), batch["mask"]  # [n, B, K], [B]
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            logits, mask = multihost_utils.process_allgather((logits, mask), tiled=True)
+        logits, mask = np.asarray(jax.device_get(logits)), np.asarray(jax.device_get(mask))
+        out.append(np.moveaxis(logits, 0, 1)[mask])
     return np.concatenate(out).astype(np.float32)
 
 
@@ -340,16 +362,15 @@ def fixed_logits(source, teachers: list[Teacher], frozen: list, cfg: Config, siz
     logits = _all_logits(source, teachers, frozen, cfg, size, mesh)
     if jax.process_index() == 0:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_dir / (CACHE_FILE + ".tmp.npz")
-        np.savez(tmp, key=np.asarray(key), logits=logits)
-        tmp.replace(path)
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, key=np.asarray(key), logits=logits)
     return logits, False
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 
-class Evaluator:
+class AgreementEvaluator:
     """Per eval split: teacher top-1, student-teacher top-1 agreement and
     ``KL(teacher ‖ student)`` at temperature 1, summed on the device over unmasked examples
     (so it works with a batch sharded over processes). The teachers' probabilities are
@@ -399,19 +420,8 @@ class Evaluator:
 # ----------------------------------------------------------------------------- setup
 
 
-@dataclasses.dataclass
-class Setup:
-    """What the loop needs from the distillation task."""
-
-    task: Task
-    train_source: Any
-    train_transform: Callable
-    evaluate: Callable[[Any], dict[str, float]] | None
-    extra_keys: tuple[str, ...]
-
-
 def setup(cfg: Config, exp: Any, workdir: pathlib.Path, mesh: Any, *, resuming: bool,
-          say: Callable[[str], None] = print) -> Setup:
+          say: Callable[[str], None] = print) -> Task:
     """Loads and checks the teachers, records them in ``workdir`` (or, when resuming, checks
     that they did not change), and builds the task, views and evaluator of ``cfg.distill``."""
     if getattr(exp.train_source, "multi_label", False):
@@ -433,18 +443,17 @@ def setup(cfg: Config, exp: Any, workdir: pathlib.Path, mesh: Any, *, resuming: 
             f"{cache_dir / CACHE_FILE}")
         source, extra = WithTeacherLogits(exp.train_source, logits), (TEACHER_LOGITS,)
     task = make_task(cfg, teachers, frozen, exp.num_classes)
-    evaluator = Evaluator(cfg, exp, teachers, frozen, size, mesh) if teachers else None
-    return Setup(task, source, train_transform(cfg, size), evaluator, extra)
+    task.source, task.transform, task.extra_keys = source, train_transform(cfg, size), extra
+    task.evaluator = AgreementEvaluator(cfg, exp, teachers, frozen, size, mesh) if teachers else None
+    return task
 
 
-def distill(cfg: Config, workdir: str | pathlib.Path, **kw) -> dict[str, Any]:
-    """Trains (or resumes) the distillation run ``cfg`` in ``workdir``; see ``loop.train``."""
-    from vistas.train import loop
-
+def check_active(cfg: Config) -> None:
+    """Refuses a config that names no distillation mode (``vistas distill`` needs one); the
+    run itself is ``loop.train(cfg, workdir)``, like every other."""
     if not active(cfg):
         raise ConfigError("distill.mode='off'; set it to one of " + ", ".join(MODES[1:]))
-    return loop.train(cfg, workdir, **kw)
 
 
-__all__ = ["MODES", "Task", "distill", "ensemble_probs", "fixed_logits", "kl_loss", "params_checksum",
+__all__ = ["MODES", "Task", "check_active", "ensemble_probs", "fixed_logits", "kl_loss", "params_checksum",
            "setup"]

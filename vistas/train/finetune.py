@@ -1,10 +1,11 @@
 """Fine-tuning transfer: start a run from an upstream run's parameters.
 
 A fine-tuning run is an ordinary run (``loop.train``) whose config names the upstream run in
-``train.init_from``. When it starts (not when it resumes), ``init_params`` loads the
-upstream parameters and adapts them to the new model (``vistas.models.adapt``): the head is
-replaced by the new model's freshly initialised (zero) head for the target's classes, and a
-learned position embedding is resampled when the resolution changes. ``transfer_config``
+``train.init_from``: where its first parameters come from (``vistas.train.initial``). When
+it starts (not when it resumes) the upstream parameters are loaded and adapted to the new
+model (``vistas.models.adapt``): the head is replaced by the new model's freshly initialised
+(zero) head for the target's classes, and a learned position embedding is resampled when the
+resolution changes. ``transfer_config``
 writes the transfer recipe: SGD with momentum, short warmup, cosine (or linear) decay, no
 weight decay, gradient clipping at norm 1, optional SAM (``optim.sam_rho``).
 """
@@ -15,41 +16,17 @@ import copy
 import pathlib
 from typing import Any
 
-import jax
-
 from vistas import config as config_lib
+from vistas import runs
 from vistas.config import Config
 from vistas.data import catalog
 from vistas.errors import ConfigError
-from vistas.models import adapt
+from vistas.runs import restore_params
+from vistas.train import loop
+from vistas.train.initial import HEAD, from_upstream
 
-HEAD = "head"
+init_params = from_upstream  # the name this module gave it first
 DECAYS = ("cosine", "linear")
-
-
-def restore_params(workdir: str | pathlib.Path, step: int | None = None
-                   ) -> tuple[Config, Any, Any, Any, int]:
-    """``(config, graphdef, rest, params, step)`` of a run's checkpoint (the latest by default).
-
-    Only the parameters are read, so a checkpoint stays usable when the optimizer changes,
-    and only the run's evaluation split is opened (for its number of classes).
-    """
-    from vistas.train import loop
-
-    exp, params, found = loop.final_params(workdir, step=step)
-    return exp.cfg, exp.graphdef, exp.rest, params, found
-
-
-def init_params(cfg: Config, target_params: Any) -> Any:
-    """The parameters of run ``cfg.train.init_from`` adapted to ``target_params``' structure,
-    with the target's own (fresh) head."""
-    upstream = cfg.train.init_from
-    _, _, _, params, _ = restore_params(upstream)
-    body = {k: v for k, v in jax.device_get(params).items() if k != HEAD}
-    try:
-        return adapt.adapt_params(body, target_params, reset_head=True, head_prefix=f"{HEAD}/")
-    except ConfigError as e:
-        raise ConfigError(f"train.init_from={upstream!r}: {e}") from None
 
 
 def transfer_config(upstream: Config, *, dataset: str, resolution: int | None = None,
@@ -92,8 +69,9 @@ def transfer_config(upstream: Config, *, dataset: str, resolution: int | None = 
 def finetune(upstream_dir: str | pathlib.Path, workdir: str | pathlib.Path, *, quiet: bool = False,
              **options: Any) -> dict[str, Any]:
     """Fine-tunes the upstream run's model (``transfer_config`` options) in ``workdir``."""
-    from vistas.train import loop
-
-    upstream = loop.load_config(pathlib.Path(upstream_dir))
+    upstream = runs.load_config(pathlib.Path(upstream_dir))
     cfg = transfer_config(upstream, init_from=upstream_dir, **options)
     return loop.train(cfg, workdir, quiet=quiet)
+
+
+__all__ = ["HEAD", "finetune", "init_params", "restore_params", "transfer_config"]

@@ -8,6 +8,7 @@ import pathlib
 from typing import Any
 
 from vistas.errors import VistasError
+from vistas.files import atomic_write
 
 
 def _plain(v: Any) -> Any:
@@ -18,15 +19,7 @@ def _plain(v: Any) -> Any:
     return f if math.isfinite(f) else None
 
 
-def write_file(path: pathlib.Path, text: str) -> None:
-    """Writes ``path`` whole or not at all (a temporary file renamed); a failed write (a
-    full disk) is one clear line."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    except OSError as e:
-        raise VistasError(f"could not write {path}: {e.strerror or e}; free space, then resume") from e
+write_file = atomic_write  # whole or not at all; a failed write (a full disk) is one clear line
 
 
 class MetricsWriter:
@@ -49,9 +42,7 @@ class MetricsWriter:
         kept = [r for r in rows if r.get("step", 0) <= step]
         cut_short = not self.path.read_text().endswith("\n")  # the next row would join it
         if len(kept) != len(rows) or cut_short:
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            tmp.replace(self.path)
+            atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:

@@ -15,12 +15,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from vistas.evaluate import calibration
+from vistas.evaluate.classification import correct_at_1, make_eval_step
 from vistas.optim import sam
+from vistas.train import supervised
 
 State = dict[str, Any]
-MIX_STREAM = 0x6D6978  # the batch-mixing random stream (mixup / CutMix), apart from the model's
-TASK_STREAM = 0x7461736B  # the task's random stream (mixing weights), apart from the model's
 
 
 def init_state(params: Any, tx: optax.GradientTransformation, seed: int, *,
@@ -56,17 +55,19 @@ def _micro(batch: dict, k: int, i: int) -> dict:
 
 
 def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransformation,
-                    loss_fn: Callable, lr_fn: Callable, *, use_rng: bool, sam_rho: float = 0.0,
-                    mix: Callable | None = None, accum_steps: int = 1,
-                    ema_decay: float = 0.0,
-                    trainable: Any = None, nonfinite: str = "stop", task: Any = None) -> Callable:
-    """``step(state, batch) -> (state, metrics)``; metrics are scalars.
+                    task: Any, lr_fn: Callable, *, use_rng: bool, sam_rho: float = 0.0,
+                    accum_steps: int = 1, ema_decay: float = 0.0,
+                    trainable: Any = None, nonfinite: str = "stop") -> Callable:
+    """``step(state, batch, frozen=()) -> (state, metrics)``; metrics are scalars.
 
-    ``task`` (e.g. ``vistas.train.distill.Task``) replaces the supervised objective: the step
-    becomes ``step(state, batch, frozen)``; ``task.prepare(frozen, batch, key)`` turns the
-    batch into the student's (``frozen``: parameters that are not trained, such as
-    teachers'; ``key`` drawn from the state's RNG and step), ``task.loss(logits, batch)`` is
-    the per-example loss and ``task.metrics(logits, batch)`` adds metrics.
+    ``task`` (``vistas.train.task.Task``: supervised, distillation...) supplies the
+    objective: ``task.prepare(frozen, batch, key)`` turns the pipeline's batch into the
+    model's (mixup / CutMix; views and teacher probabilities; ``frozen``: inputs that are not
+    trained, such as teachers' parameters; ``key``: the step's key, from the state's RNG and
+    step, so a resumed run draws as the uninterrupted one), ``task.loss(logits, batch)`` is
+    the per-example loss and ``task.metrics(logits, batch)`` adds metrics; top-1 is measured
+    against the prepared batch's ``label``. A plain loss function ``loss(logits, labels)``
+    stands for the supervised task without mixing.
 
     ``train/finite`` is 1 when the loss, the gradients and the updated parameters are all
     finite. ``nonfinite="skip"``: a step where they are not keeps the previous parameters and
@@ -77,21 +78,18 @@ def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransfo
     parameters perturbed by ρ·g/‖g‖ (``trainable``, a pytree of bools like the parameters,
     leaves frozen ones unperturbed); the logged loss and top-1 are those at the parameters.
 
-    ``mix(key, images, labels) -> (images, targets)`` (``vistas.train.loop.batch_mixing``):
-    mixup / CutMix of the images and of the labels made [B, K] targets, keyed by the state's
-    RNG and step (so a resumed run mixes as the uninterrupted one); the loss takes the mixed
-    targets, top-1 the original labels. ``accum_steps = k``: the gradient is the mean of
-    those of k micro-batches of B/k examples, computed one after the other (``lax.scan``):
-    the update of the whole batch with the activation memory of a micro-batch (SAM then
-    perturbs each micro-batch by its own gradient). ``ema_decay > 0``:
-    ``state["ema_params"]`` follows the parameters (``ema_update``) after each update.
+    ``accum_steps = k``: the gradient is the mean of those of k micro-batches of B/k
+    examples, computed one after the other (``lax.scan``): the update of the whole batch with
+    the activation memory of a micro-batch (SAM then perturbs each micro-batch by its own
+    gradient). ``ema_decay > 0``: ``state["ema_params"]`` follows the parameters
+    (``ema_update``) after each update.
     """
+    if not hasattr(task, "prepare"):
+        task = supervised.from_loss(task)
 
     def objective(params, batch, rng):
         logits, _ = nnx.merge(graphdef, params, rest)(batch["image"], rng=rng)
-        if task is not None:
-            return task.loss(logits, batch).mean(), logits
-        return loss_fn(logits, batch["target"]).mean(), logits
+        return task.loss(logits, batch).mean(), logits
 
     def loss_metrics_grads(params, batch, rng):
         """(loss, metrics, gradients) of one (micro-)batch."""
@@ -105,19 +103,13 @@ def make_train_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransfo
         (loss, logits), grads = grad_fn(params)
         metrics = {("train/prec@1" if batch["label"].ndim == 2 else "train/top1"):
                    jnp.mean(correct_at_1(logits, batch["label"]))}
-        if task is not None:
-            metrics.update(task.metrics(logits, batch))
+        metrics.update(task.metrics(logits, batch))
         return loss, metrics, grads
 
-    def step(state: State, batch: dict, frozen: Any = None) -> tuple[State, dict]:
+    def step(state: State, batch: dict, frozen: Any = ()) -> tuple[State, dict]:
         step_rng = jax.random.fold_in(state["rng"], state["step"])
         rng = step_rng if use_rng else None
-        if task is not None:
-            batch = task.prepare(frozen, batch, jax.random.fold_in(step_rng, TASK_STREAM))
-        batch = {**batch, "target": batch["label"]}
-        if mix is not None:
-            batch["image"], batch["target"] = mix(
-                jax.random.fold_in(step_rng, MIX_STREAM), batch["image"], batch["label"])
+        batch = task.prepare(frozen, batch, step_rng)
         if accum_steps == 1:
             loss, batch_metrics, grads = loss_metrics_grads(state["params"], batch, rng)
         else:
@@ -161,34 +153,5 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.array(True)
 
 
-def correct_at_1(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """[B] 1.0 where the top-scoring class is right: the label, or for multi-hot labels
-    [B, K] any of the labels (so its mean is precision@1)."""
-    pred = jnp.argmax(logits, -1)
-    if labels.ndim == 2:
-        return jnp.take_along_axis(labels, pred[:, None], axis=-1)[:, 0].astype(jnp.float32)
-    return (pred == labels).astype(jnp.float32)
-
-
-def make_eval_step(graphdef: nnx.GraphDef, rest: Any, loss_fn: Callable) -> Callable:
-    """``eval_step(params, batch, temperature=1.0) -> sums`` over unmasked examples: correct
-    predictions (precision@1 for multi-hot labels), loss, examples; with integer labels also
-    the calibration bin sums at temperature 1 (``ece/*``) and at ``temperature`` (``ece_ts/*``).
-    """
-
-    def eval_step(params: Any, batch: dict, temperature: Any = 1.0) -> dict:
-        logits, _ = nnx.merge(graphdef, params, rest)(batch["image"])
-        mask = batch["mask"].astype(jnp.float32)
-        labels = batch["label"]
-        sums = {
-            "correct": jnp.sum(correct_at_1(logits, labels) * mask),
-            "loss": jnp.sum(loss_fn(logits, labels) * mask),
-            "count": jnp.sum(mask),
-        }
-        if labels.ndim == 1:
-            for prefix, t in (("ece", 1.0), ("ece_ts", temperature)):
-                for k, v in calibration.bin_sums(logits, labels, mask, t).items():
-                    sums[f"{prefix}/{k}"] = v
-        return sums
-
-    return eval_step
+__all__ = ["State", "all_finite", "correct_at_1", "ema_update", "init_state", "make_eval_step",
+           "make_train_step"]

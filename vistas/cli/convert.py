@@ -1,0 +1,39 @@
+"""``vistas convert``: convert ViT checkpoints between big_vision, timm and vistas."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def run(args: argparse.Namespace) -> int:
+    from vistas.models import interop
+
+    r = interop.convert(args.src, args.dst, to=args.to, model=args.model,
+                        image_size=args.image_size, scan=args.scan)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"read  {r['src']} ({r['src_format']}): {r['model']}, {r['params']:,} parameters, "
+          f"{r['src_image_size']} px, pool {r['pool']}, {r['num_classes']} classes")
+    print(f"wrote {r['dst']} ({r['dst_format']}) for {r['image_size']} px")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    cv = sub.add_parser("convert", help="convert ViT checkpoints: big_vision .npz, timm .safetensors, "
+                        "vistas runs and files",
+                        description="Reads SRC (a big_vision .npz, a timm .safetensors, a vistas "
+                        ".vistas.npz file or a `vistas train` run directory) and writes DST.")
+    cv.add_argument("src")
+    cv.add_argument("dst", help="output file; its name picks the format unless --to is given: "
+                    ".safetensors -> timm, .vistas.npz -> vistas, .npz -> big_vision")
+    cv.add_argument("--to", choices=["big_vision", "timm", "vistas"], help="output format")
+    cv.add_argument("--model", help="ViT variant (e.g. vit-B/16) for what the weights do not show, "
+                    "such as the number of heads of a timm file")
+    cv.add_argument("--image-size", help="write for this image size (N or HxW): the position "
+                    "embedding is resampled")
+    cv.add_argument("--scan", action=argparse.BooleanOptionalAction, default=None,
+                    help="write the scanned layout (big_vision encoderblock, vistas encoder/blocks)")
+    cv.add_argument("--json", action="store_true")
+    cv.set_defaults(fn=run)

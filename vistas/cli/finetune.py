@@ -1,0 +1,50 @@
+"""``vistas finetune``: fine-tune a trained run on a target dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from vistas.cli._args import _duration, overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from vistas.train import finetune
+
+    workdir = args.workdir or f"{str(args.upstream).rstrip('/')}-ft-{args.dataset}"
+    summary = finetune.finetune(
+        args.upstream, workdir, dataset=args.dataset, resolution=args.resolution,
+        duration=args.steps, lr=args.lr, batch_size=args.batch_size, warmup=args.warmup,
+        decay=args.decay, sam_rho=args.sam_rho, seed=args.seed,
+        overrides=overrides(args), quiet=args.quiet)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    status = "finished" if summary["finished"] else f"stopped at step {summary['step']}"
+    print(f"\nfine-tuning {status}: step {summary['step']}/{summary['total_steps']}")
+    for key, value in summary.items():
+        if key.startswith("eval/"):
+            print(f"  {key:<28} {value:.4f}")
+    print(f"  run          {summary['workdir']} (resume: the same command)")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    ft = sub.add_parser("finetune", help="fine-tune a trained run on a target dataset")
+    ft.add_argument("--from", dest="upstream", required=True, help="the upstream run (its workdir)")
+    ft.add_argument("--dataset", required=True, help="target dataset (see `vistas data list`)")
+    ft.add_argument("--resolution", type=int, help="image size (default: the upstream's)")
+    ft.add_argument("--workdir", help="output folder (default FROM-ft-DATASET); resumes if it holds the run")
+    ft.add_argument("--steps", default=500, type=_duration,
+                    help="length: steps, or '10ep', '50000ex' (default 500)")
+    ft.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
+    ft.add_argument("--batch-size", type=int, default=128)
+    ft.add_argument("--warmup", default="5%", type=_duration, help="default 5%%")
+    ft.add_argument("--decay", default="cosine", choices=["cosine", "linear"])
+    ft.add_argument("--sam-rho", type=float, default=0.0, help="SAM radius (default 0: off)")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--set", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="override any config value of the fine-tuning run")
+    ft.add_argument("--quiet", action="store_true")
+    ft.add_argument("--json", action="store_true")
+    ft.set_defaults(fn=run)

@@ -1,0 +1,234 @@
+"""The public entry points of :mod:`vistas.models.interop`: reading any supported checkpoint
+(``read``, telling the format with ``detect_format``), loading it into a model of any layout
+and resolution (``load_params``, ``load_model``, ``assign``), writing one (``save``,
+``export``) and ``convert`` (``vistas convert SRC DST``), which chains the two.
+
+The foreign formats are :mod:`~vistas.models.interop.big_vision` and
+:mod:`~vistas.models.interop.timm`; vistas' own (``.vistas.npz``: the flat parameters and the
+config as JSON) and ``vistas train`` run directories are read here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vistas.errors import ConfigError, VistasError
+from vistas.files import atomic_path
+from vistas.models import adapt, vit
+from vistas.models.interop import base, big_vision, timm
+from vistas.models.interop.base import Checkpoint, describe
+
+FORMATS = ("big_vision", "timm", "vistas")
+
+# ----------------------------------------------------------------------------------------
+# Reading
+
+
+def detect_format(path: str | pathlib.Path) -> str:
+    """``big_vision``, ``timm``, ``vistas`` (file) or ``run`` (a ``vistas train`` directory)."""
+    p = pathlib.Path(path)
+    if p.is_dir():
+        if (p / "config.json").exists():
+            return "run"
+        raise VistasError(f"{p} is a directory without config.json, not a vistas run")
+    if not p.exists():
+        raise VistasError(f"checkpoint {p} does not exist")
+    if p.suffix == ".safetensors":
+        return "timm"
+    if p.suffix == ".npz":
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                return "vistas" if base.VISTAS_META in z.files else "big_vision"
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise VistasError(f"cannot read {p} as .npz: {e}") from None
+    raise VistasError(f"cannot tell the format of {p}: expected a .npz (big_vision or vistas), "
+                      ".safetensors (timm) file or a run directory")
+
+
+def read(path: str | pathlib.Path, *, model: str | None = None, image_size: Any = None) -> Checkpoint:
+    """Reads any supported checkpoint (see :mod:`vistas.models.interop`) into vistas' layout.
+
+    ``model`` (``vit-B/16``) gives what the weights cannot show, e.g. the number of heads of
+    a timm file; ``image_size`` the image size of a non-square position embedding.
+    """
+    path = pathlib.Path(path)
+    fmt = detect_format(path)
+    if fmt == "run":
+        from vistas import runs  # a run's experiment builds models: imported only for runs
+
+        exp, state_params, _ = runs.final_params(path)
+        params = jax.tree.map(np.asarray, jax.device_get(state_params))
+        cfg = getattr(exp.model, "cfg", None)
+        if not isinstance(cfg, vit.ViTConfig):
+            raise ConfigError(f"{path} holds a {exp.cfg.model.name} run; only ViTs can be converted")
+        return Checkpoint(params, base.with_variant(cfg, model), "run", str(path))
+    if fmt == "vistas":
+        flat = base.read_npz(path)
+        cfg = base.config_from_json(str(flat.pop(base.VISTAS_META)))
+        return Checkpoint(base.nest(flat), base.with_variant(cfg, model), fmt, str(path))
+    if fmt == "big_vision":
+        return big_vision.read(path, model=model, image_size=image_size)
+    return timm.read(path, model=model, image_size=image_size)
+
+
+# ----------------------------------------------------------------------------------------
+# Loading into a model
+
+
+def model_params(model: nnx.Module) -> dict:
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def _concrete(tree: Any) -> Any:
+    """Zeros for the leaves of an abstract model (``nnx.eval_shape``): shapes and dtypes."""
+    return jax.tree.map(lambda t: np.zeros(t.shape, t.dtype) if isinstance(t, jax.ShapeDtypeStruct) else t,
+                        tree)
+
+
+def load_params(source: str | pathlib.Path | Checkpoint, model: nnx.Module, *,
+                reset_head: bool = False) -> dict:
+    """``model``'s parameters filled from ``source`` (a path or a :class:`Checkpoint`).
+
+    Converts between scanned/unscanned and fused/unfused layouts, resamples a learned
+    position embedding to ``model``'s patch grid, and with ``reset_head`` keeps ``model``'s
+    own head where the checkpoint's has another number of classes (or none). Anything
+    else that differs is a one-line :class:`ConfigError` naming the parameter and shapes.
+    ``model`` may be abstract (``nnx.eval_shape``): no weights need to be initialised.
+    """
+    ckpt = source if isinstance(source, Checkpoint) else read(source, image_size=_hw(model))
+    target = _concrete(model_params(model))
+    params = vit.convert_layout(ckpt.params, target)
+    target_grid = getattr(getattr(model, "cfg", None), "grid", None)
+    return adapt.adapt_params(params, target, reset_head=reset_head, target_grid=target_grid,
+                              source_grid=ckpt.cfg.grid if ckpt.cfg.posemb == "learn" else None)
+
+
+def _hw(model: nnx.Module) -> Any:
+    """Image size to assume for a checkpoint whose grid does not tell it: the model's."""
+    cfg = getattr(model, "cfg", None)
+    return getattr(cfg, "image_size", None)
+
+
+def assign(model: nnx.Module, params: Mapping) -> nnx.Module:
+    """Writes a nested parameter dict into ``model`` (in place, abstract models too) and
+    returns it."""
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, dict(params)))
+    nnx.update(model, state)
+    return model
+
+
+def load_model(path: str | pathlib.Path | Checkpoint, *, model: str | None = None,
+               **options: Any) -> nnx.Module:
+    """A ``VisionTransformer`` built from a checkpoint's config (``options`` override it,
+    e.g. ``image_size=384`` or ``scan=True``) with the checkpoint's weights."""
+    ckpt = path if isinstance(path, Checkpoint) else read(path, model=model)
+    cfg = dataclasses.replace(ckpt.cfg, **options)
+    new_head = cfg.num_classes != ckpt.cfg.num_classes
+
+    net = nnx.eval_shape(lambda: vit.VisionTransformer(cfg, rngs=nnx.Rngs(0)))
+    if new_head:  # the only weights to initialise
+        net.reset_head(cfg.num_classes, rngs=nnx.Rngs(0))
+    return assign(net, load_params(ckpt, net, reset_head=new_head))
+
+
+def _adapt_to(ckpt: Checkpoint, cfg: vit.ViTConfig) -> dict:
+    """``ckpt``'s parameters for a model of ``cfg`` without initialising that model."""
+    abstract = nnx.eval_shape(lambda: vit.VisionTransformer(cfg, rngs=nnx.Rngs(0)))
+    target = _concrete(model_params(abstract))
+    params = vit.convert_layout(ckpt.params, target)
+    return adapt.adapt_params(params, target, reset_head=False, target_grid=cfg.grid,
+                              source_grid=ckpt.cfg.grid if ckpt.cfg.posemb == "learn" else None)
+
+
+# ----------------------------------------------------------------------------------------
+# Writing
+
+
+def to_vistas(params: Mapping, cfg: vit.ViTConfig) -> dict[str, np.ndarray]:
+    """vistas parameters -> the flat keys of a ``.vistas.npz``, with the config as JSON."""
+    flat = {k: np.asarray(v) for k, v in adapt.flatten(params).items()}
+    flat[base.VISTAS_META] = np.asarray(base.config_json(cfg))
+    return flat
+
+
+def save(path: str | pathlib.Path, params: Mapping, cfg: vit.ViTConfig, fmt: str, *,
+         scan: bool | None = None) -> pathlib.Path:
+    """Writes ``params`` of a model of ``cfg`` as ``fmt`` (``big_vision``, ``timm``, ``vistas``).
+
+    The file is written next to ``path`` and renamed into place when complete.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown checkpoint format {fmt!r}; use one of {', '.join(FORMATS)}")
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    params = jax.tree.map(np.asarray, jax.device_get(dict(params)))
+    with atomic_path(path) as tmp:
+        if fmt == "timm":
+            timm.write(tmp, params, cfg)
+        elif fmt == "big_vision":
+            big_vision.write(tmp, params, cfg, scan=scan)
+        else:
+            if scan is not None and scan != cfg.scan:
+                params = vit.stack_blocks(params) if scan else vit.unstack_blocks(params)
+                cfg = dataclasses.replace(cfg, scan=scan)
+            with open(tmp, "wb") as f:
+                np.savez(f, **to_vistas(params, cfg))
+    return path
+
+
+def export(model: nnx.Module, path: str | pathlib.Path, fmt: str | None = None) -> pathlib.Path:
+    """Writes a ``VisionTransformer``'s weights; the format defaults from the file name."""
+    return save(path, model_params(model), model.cfg, fmt or format_for(path))
+
+
+def format_for(path: str | pathlib.Path) -> str:
+    """``timm`` for ``.safetensors``, ``vistas`` for ``.vistas.npz``, ``big_vision`` for ``.npz``."""
+    name = pathlib.Path(path).name
+    if name.endswith(".safetensors"):
+        return "timm"
+    if name.endswith(".vistas.npz"):
+        return "vistas"
+    if name.endswith(".npz"):
+        return "big_vision"
+    raise ConfigError(f"cannot tell the format to write from {name!r}: name it .npz (big_vision), "
+                      ".vistas.npz (vistas) or .safetensors (timm), or pass --to")
+
+
+def parse_image_size(text: str | int | None) -> Any:
+    """``"384"`` -> 384, ``"224x320"`` -> (224, 320) (height x width)."""
+    if text is None or isinstance(text, int):
+        return text
+    parts = str(text).lower().split("x")
+    if not 1 <= len(parts) <= 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(f"image size {text!r} must be N or HxW with positive integers, e.g. 384 or 224x320")
+    return int(parts[0]) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+
+
+def convert(src: str | pathlib.Path, dst: str | pathlib.Path, *, to: str | None = None,
+            model: str | None = None, image_size: Any = None, scan: bool | None = None) -> dict:
+    """Reads ``src`` (any supported checkpoint), optionally changes the image size (the
+    position embedding is resampled), and writes ``dst``; returns a summary."""
+    fmt = to or format_for(dst)
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown checkpoint format {fmt!r}; use one of {', '.join(FORMATS)}")
+    image_size = parse_image_size(image_size)
+    ckpt = read(src, model=model, image_size=image_size)
+    cfg = ckpt.cfg
+    if image_size is not None:
+        cfg = dataclasses.replace(cfg, image_size=image_size)
+    params = _adapt_to(ckpt, cfg)  # also checks every shape against the config
+    save(dst, params, cfg, fmt, scan=scan)
+    return {"src": str(src), "src_format": ckpt.format, "dst": str(dst), "dst_format": fmt,
+            "model": describe(cfg), "params": base.count(params), "src_image_size": ckpt.cfg.image_size,
+            "image_size": cfg.image_size, "pool": cfg.pool, "num_classes": cfg.num_classes}
+

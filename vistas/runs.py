@@ -1,0 +1,98 @@
+"""Runs on disk: a work directory's ``config.json``, its identity, and its parameters.
+
+What the training loop, transfer, distillation, few-shot evaluation, interop and the soak
+test need to know about a run that exists already, without the loop itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pathlib
+from typing import Any
+
+import jax
+
+from vistas import checkpoint as ckpt_lib
+from vistas import config as config_lib
+from vistas import experiment
+from vistas.config import Config
+from vistas.errors import ConfigError, VistasError
+from vistas.files import atomic_write
+from vistas.systems import mesh as mesh_lib
+
+CONFIG_FILE = "config.json"
+
+
+def load_config(workdir: str | pathlib.Path) -> Config:
+    """The resolved config a run wrote into ``workdir``."""
+    path = pathlib.Path(workdir) / CONFIG_FILE
+    if not path.exists():
+        raise VistasError(f"{workdir} holds no run (no config.json); train one with `vistas train`")
+    return Config.from_dict(json.loads(path.read_text()))
+
+
+def write_config(workdir: str | pathlib.Path, cfg: Config) -> None:
+    """Writes ``cfg`` as the run's ``config.json`` (whole or not at all)."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write(workdir / CONFIG_FILE, cfg.to_json())
+
+
+def check_same_run(workdir: str | pathlib.Path, cfg: Config) -> None:
+    """Refuses ``cfg`` when ``workdir`` holds a run with other identity keys (a key the
+    saved config lacks was added since, and counts at its default)."""
+    workdir = pathlib.Path(workdir)
+    saved_path = workdir / CONFIG_FILE
+    if not saved_path.exists():
+        return
+    saved = json.loads(saved_path.read_text())
+    now = cfg.to_dict()
+    defaults = Config().to_dict()
+    diffs = []
+    for section, values in now.items():
+        for key, value in values.items():
+            full = f"{section}.{key}"
+            old = saved.get(section, {}).get(key, defaults[section][key])
+            if full not in config_lib.NON_IDENTITY_KEYS and old != value:
+                diffs.append(f"{full}: {old!r} -> {value!r}")
+    if diffs:
+        raise ConfigError(
+            f"{workdir} holds a checkpoint of a different run ({'; '.join(diffs[:3])}); "
+            "use a new --workdir, or the same settings to resume"
+        )
+
+
+def final_params(workdir: str | pathlib.Path, cfg: Config | None = None, step: int | None = None,
+                 key: str = "params") -> tuple[experiment.Experiment, Any, int]:
+    """Rebuilds the experiment of ``workdir`` (without its training split) and restores the
+    parameters of a checkpoint (the latest by default; ``key="ema_params"``: the EMA). Only
+    the parameters are read, so a checkpoint stays usable when the optimizer, and so the
+    shape of its state, has changed since it was written."""
+    workdir = pathlib.Path(workdir)
+    cfg = load_config(workdir) if cfg is None else cfg
+    exp = experiment.build(cfg, with_train=False)
+    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", read_only=True)
+    with contextlib.closing(checkpointer):
+        found = checkpointer.latest_step() if step is None else step
+        if found is None:
+            raise VistasError(f"{workdir / 'checkpoints'} holds no checkpoint to evaluate")
+        if found not in checkpointer.all_steps():
+            raise VistasError(f"{workdir / 'checkpoints'} has no checkpoint {found}; "
+                              f"steps: {checkpointer.all_steps()}")
+        params = jax.device_put(exp.params, mesh_lib.replicated(mesh_lib.data_mesh()))
+        params = checkpointer.restore_params(found, params, key)
+    return exp, params, found
+
+
+
+
+def restore_params(workdir: str | pathlib.Path, step: int | None = None
+                   ) -> tuple[Config, Any, Any, Any, int]:
+    """``(config, graphdef, rest, params, step)`` of a run's checkpoint (the latest by
+    default); only the parameters are read and only the evaluation split is opened."""
+    exp, params, found = final_params(workdir, step=step)
+    return exp.cfg, exp.graphdef, exp.rest, params, found
+
+
+__all__ = ["check_same_run", "final_params", "load_config", "restore_params", "write_config"]
