@@ -465,12 +465,15 @@ def validate(cfg: Config) -> None:
     _check(d.channels in (1, 3), f"data.channels={d.channels} must be 1 or 3")
     _check(d.batch_size > 0, f"data.batch_size={d.batch_size} must be positive")
     _check(d.eval_batch_size > 0, f"data.eval_batch_size={d.eval_batch_size} must be positive")
-    crops = ("inception", "random_pad", "none")
-    _check(d.crop in crops, f"data.crop={d.crop!r} is not known; use one of {', '.join(crops)}")
-    lo, hi = d.inception_area
-    _check(0 < lo <= hi <= 1, f"data.inception_area={d.inception_area} must satisfy 0 < lo <= hi <= 1")
+    from vistas.data import transforms  # the modules that know the values check them
+    from vistas.evaluate import fewshot_options
+    from vistas.optim import builder
+    from vistas.train import losses
+
+    transforms.check_crop(d.crop, d.inception_area, names=("data.crop", "data.inception_area"),
+                          error=ConfigError)
     _check(d.value_range[0] < d.value_range[1], f"data.value_range={d.value_range} must be (lo, hi) with lo < hi")
-    _check(0.05 <= d.eval_crop_fraction <= 1, f"data.eval_crop_fraction={d.eval_crop_fraction} must be in [0.05, 1]")
+    transforms.check_crop_fraction(d.eval_crop_fraction, name="data.eval_crop_fraction", error=ConfigError)
     _check(d.num_train_examples is None or d.num_train_examples > 0,
            f"data.num_train_examples={d.num_train_examples} must be positive")
     _check(d.randaug_ops >= 0, f"data.randaug_ops={d.randaug_ops} must be >= 0 (0: off)")
@@ -487,7 +490,6 @@ def validate(cfg: Config) -> None:
     _check(d.workers >= 0 and d.prefetch >= 0,
            f"data.workers={d.workers} and data.prefetch={d.prefetch} must be >= 0")
     _check(d.decode_size is None or d.decode_size > 0, f"data.decode_size={d.decode_size} must be positive")
-    _check(0 <= t.label_smoothing < 1, f"train.label_smoothing={t.label_smoothing} must be in [0, 1)")
     _check(0 <= t.ema_decay < 1, f"train.ema_decay={t.ema_decay} must be in [0, 1) (0: no EMA)")
     _check(t.grad_accum_steps >= 1 and d.batch_size % t.grad_accum_steps == 0,
            f"train.grad_accum_steps={t.grad_accum_steps} must be >= 1 and divide "
@@ -495,8 +497,7 @@ def validate(cfg: Config) -> None:
     _check(m.dropout is None or 0 <= m.dropout < 1, f"model.dropout={m.dropout} must be in [0, 1)")
     _check(m.drop_path is None or 0 <= m.drop_path < 1,
            f"model.drop_path={m.drop_path} must be in [0, 1)")
-    losses = ("softmax_xent", "sigmoid_xent")
-    _check(t.loss in losses, f"train.loss={t.loss!r} is not known; use one of {', '.join(losses)}")
+    losses.check(t.loss, t.label_smoothing)
     _check(t.keep >= 1, f"train.keep={t.keep} must be at least 1")
     _check(t.nonfinite in ("stop", "skip"), f"train.nonfinite={t.nonfinite!r} is not known; use stop or skip")
     _check(t.max_skipped >= 0, f"train.max_skipped={t.max_skipped} must be >= 0")
@@ -504,13 +505,8 @@ def validate(cfg: Config) -> None:
     _check(t.keep_every is None or t.keep_every > 0, f"train.keep_every={t.keep_every} must be positive")
     _check(o.lr > 0, f"optim.lr={o.lr} must be positive")
     f = cfg.fewshot
-    _check(bool(f.shots) and all(k > 0 for k in f.shots),
-           f"fewshot.shots={f.shots} must be positive integers, e.g. [1, 5, 10, 25]")
-    _check(f.seeds > 0, f"fewshot.seeds={f.seeds} must be positive")
-    _check(f.l2 > 0 and all(v > 0 for v in f.l2_grid),
-           f"fewshot.l2={f.l2} and fewshot.l2_grid={f.l2_grid} must be positive")
-    _check(f.max_test_examples is None or f.max_test_examples > 0,
-           f"fewshot.max_test_examples={f.max_test_examples} must be positive")
+    fewshot_options.check_options(datasets=None, shots=f.shots, seeds=f.seeds, l2=f.l2, l2_grid=f.l2_grid,
+                          max_test_examples=f.max_test_examples, prefix="fewshot.")
     x = cfg.distill
     _check(x.mode in DISTILL_MODES,
            f"distill.mode={x.mode!r} is not known; use one of {', '.join(DISTILL_MODES)}")
@@ -526,6 +522,5 @@ def validate(cfg: Config) -> None:
            f"data.mixup_alpha={d.mixup_alpha}, data.cutmix_alpha={d.cutmix_alpha}: a distillation "
            "run mixes the view its teachers see itself; set distill.mixup_alpha instead")
     _check(o.sam_rho >= 0, f"optim.sam_rho={o.sam_rho} must be >= 0 (0 turns SAM off)")
-    _check(o.mu_dtype in (None, "float32", "bfloat16"),
-           f"optim.mu_dtype={o.mu_dtype!r} is not known; use None, 'float32' or 'bfloat16'")
+    builder.check_mu_dtype(o.mu_dtype)
     del s

@@ -191,6 +191,27 @@ class TrainTransform:
         return _scale(image, self.table)
 
 
+def check_crop(crop: str, inception_area: tuple[float, float], *, names: tuple[str, str] = ("crop", "inception_area"),
+               error: type[Exception] = DataError) -> None:
+    """One-line errors for an unknown training crop or an inception area outside
+    0 < lo <= hi <= 1; ``names``: what to call them (``config.validate`` names its keys)."""
+    if crop not in TRAIN_CROPS:
+        raise error(f"unknown {names[0]} {crop!r}; allowed: {', '.join(TRAIN_CROPS)}")
+    try:
+        a0, a1 = (float(v) for v in inception_area)
+    except (TypeError, ValueError):
+        a0, a1 = 1.0, 0.0
+    if not 0.0 < a0 <= a1 <= 1.0:
+        raise error(f"{names[1]} must satisfy 0 < lo <= hi <= 1, got {inception_area!r}")
+
+
+def check_crop_fraction(crop_fraction: float, *, name: str = "crop_fraction",
+                        error: type[Exception] = DataError) -> None:
+    """A one-line error for an evaluation crop fraction outside [MIN_CROP_FRACTION, 1]."""
+    if not isinstance(crop_fraction, (int, float)) or not MIN_CROP_FRACTION <= crop_fraction <= 1.0:
+        raise error(f"{name} must lie in [{MIN_CROP_FRACTION}, 1], got {crop_fraction!r}")
+
+
 def make_train_transform(
     *,
     image_size: int,
@@ -209,11 +230,8 @@ def make_train_transform(
     crop, then scaling of [0, 255] to `value_range`.
     """
     _check_common(image_size, value_range)
-    if crop not in TRAIN_CROPS:
-        raise DataError(f"unknown crop {crop!r}; allowed: {', '.join(TRAIN_CROPS)}")
+    check_crop(crop, inception_area)
     a0, a1 = (float(v) for v in inception_area)
-    if not 0.0 < a0 <= a1 <= 1.0:
-        raise DataError(f"inception_area must satisfy 0 < lo <= hi <= 1, got {inception_area!r}")
     r0, r1 = (float(v) for v in aspect_range)
     if not 0.0 < r0 <= r1:
         raise DataError(f"aspect_range must satisfy 0 < lo <= hi, got {aspect_range!r}")
@@ -261,8 +279,7 @@ def make_eval_transform(
     central image_size crop, scale [0, 255] to `value_range`.
     """
     _check_common(image_size, value_range)
-    if not isinstance(crop_fraction, (int, float)) or not MIN_CROP_FRACTION <= crop_fraction <= 1.0:
-        raise DataError(f"crop_fraction must lie in [{MIN_CROP_FRACTION}, 1], got {crop_fraction!r}")
+    check_crop_fraction(crop_fraction)
     value_range = (float(value_range[0]), float(value_range[1]))
     return EvalTransform(image_size=int(image_size), crop_fraction=float(crop_fraction),
                          value_range=value_range, table=_scale_table(value_range))

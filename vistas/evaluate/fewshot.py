@@ -38,6 +38,7 @@ from threadpoolctl import ThreadpoolController
 from vistas.data import catalog, sources, transforms
 from vistas.errors import ConfigError, DataError
 from vistas.evaluate import predict
+from vistas.evaluate.fewshot_options import check_options
 from vistas.files import atomic_write
 from vistas.systems import mesh as mesh_lib
 
@@ -255,27 +256,6 @@ class FewShotEvaluator:
             out[str(s)] = {"accuracy": accs, "mean": float(np.mean(accs)),
                            "std": float(np.std(accs)), "l2": chosen}
         return out
-
-
-def check_options(*, datasets: Sequence[str], shots: Sequence[int], seeds: int, l2: float,
-                  l2_grid: Sequence[float], max_test_examples: int | None) -> None:
-    """One-line ConfigErrors for bad few-shot settings."""
-    for name in datasets:
-        info = catalog.get_info(name)
-        if info.multi_label:
-            raise ConfigError(f"few-shot dataset {name!r} is multi-label; use one of "
-                              f"{', '.join(catalog.TRANSFER_TARGETS)}")
-    if not datasets:
-        raise ConfigError("few-shot needs at least one dataset; known targets: "
-                          f"{', '.join(catalog.TRANSFER_TARGETS)}")
-    if not shots or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in shots):
-        raise ConfigError(f"few-shot shots={list(shots)!r} must be positive integers, e.g. [1, 5, 10, 25]")
-    if not isinstance(seeds, int) or seeds < 1:
-        raise ConfigError(f"few-shot seeds={seeds!r} must be a positive integer")
-    if not l2 > 0 or any(not v > 0 for v in l2_grid):
-        raise ConfigError(f"few-shot L2 strengths must be positive, got l2={l2}, grid={list(l2_grid)}")
-    if max_test_examples is not None and max_test_examples < 1:
-        raise ConfigError(f"few-shot max_test_examples={max_test_examples} must be positive")
 
 
 def flat_metrics(report: dict[str, Any], prefix: str = "fewshot") -> dict[str, float]:

@@ -67,6 +67,13 @@ TRAIN, FROZEN = "train", "frozen"
 _MU_DTYPES = {None: None, "float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+def check_mu_dtype(mu_dtype: Any) -> None:
+    """A one-line ConfigError for a first-moment dtype other than None, float32 or bfloat16
+    (the check of ``config.validate`` too)."""
+    if not (mu_dtype is None or isinstance(mu_dtype, str)) or mu_dtype not in _MU_DTYPES:
+        raise ConfigError(f"optim.mu_dtype={mu_dtype!r} is not known; use None, 'float32' or 'bfloat16'")
+
+
 def _adam(
     *, b1: float, b2: float, eps: float, mu_dtype: Any, **_: Any
 ) -> optax.GradientTransformation:
@@ -317,10 +324,7 @@ def build_optimizer(
     """
     if not isinstance(name, str) or name.lower() not in OPTIMIZERS:
         raise _unknown_optimizer(name)
-    if not (mu_dtype is None or isinstance(mu_dtype, str)) or mu_dtype not in _MU_DTYPES:
-        raise ConfigError(
-            f"optimizer mu_dtype={mu_dtype!r} is invalid; use 'bfloat16', 'float32' or None"
-        )
+    check_mu_dtype(mu_dtype)
     if not callable(schedule):
         raise ConfigError(
             f"optimizer schedule={schedule!r} is not a function of the step; "

@@ -56,12 +56,18 @@ LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 }
 
 
-def get(name: str, label_smoothing: float = 0.0) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """The loss ``name``; with ``label_smoothing`` > 0 its targets are smoothed first."""
+def check(name: str, label_smoothing: float = 0.0) -> None:
+    """One-line ConfigErrors for an unknown loss or a label smoothing outside [0, 1) (the
+    checks of ``config.validate`` too)."""
     if name not in LOSSES:
         raise ConfigError(f"train.loss={name!r} is not known; use one of {', '.join(LOSSES)}")
     if not 0.0 <= label_smoothing < 1.0:
         raise ConfigError(f"train.label_smoothing={label_smoothing} must be in [0, 1)")
+
+
+def get(name: str, label_smoothing: float = 0.0) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The loss ``name``; with ``label_smoothing`` > 0 its targets are smoothed first."""
+    check(name, label_smoothing)
     fn = LOSSES[name]
     if not label_smoothing:
         return fn
