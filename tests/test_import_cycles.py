@@ -103,12 +103,13 @@ def test_lower_layers_never_import_the_training_loop():
     assert not inversions, f"these import vistas.train.loop: {inversions}"
 
 
-def test_the_loop_is_one_screen_that_names_no_task():
+@pytest.mark.parametrize("name", ["train", "_session", "_steps"])
+def test_the_loop_is_one_screen_that_names_no_task(name):
     tree = ast.parse((ROOT / "train" / "loop.py").read_text())
-    train = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "train")
-    assert train.end_lineno - train.lineno + 1 < 60
-    names = {n.id for n in ast.walk(train) if isinstance(n, ast.Name)}
-    names |= {n.attr for n in ast.walk(train) if isinstance(n, ast.Attribute)}
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    assert fn.end_lineno - fn.lineno + 1 < 60
+    names = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name)}
+    names |= {n.attr for n in ast.walk(fn) if isinstance(n, ast.Attribute)}
     words = " ".join(sorted(names)).lower()
     for task in ("distill", "finetune", "fewshot", "init_from", "mix"):
-        assert task not in words, f"train() names {task}"
+        assert task not in words, f"{name}() names {task}"

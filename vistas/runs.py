@@ -7,8 +7,13 @@ test need to know about a run that exists already, without the loop itself.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
+import os
 import pathlib
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -22,6 +27,7 @@ from vistas.files import atomic_write
 from vistas.systems import mesh as mesh_lib
 
 CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"
 
 
 def load_config(workdir: str | pathlib.Path) -> Config:
@@ -63,6 +69,48 @@ def check_same_run(workdir: str | pathlib.Path, cfg: Config) -> None:
         )
 
 
+@contextlib.contextmanager
+def exclusive(workdir: str | pathlib.Path) -> Iterator[None]:
+    """Holds ``workdir`` for this run: a second run on the same directory (from any process
+    on a filesystem with working locks) is refused with one line naming the holder. The
+    lock is ``fcntl.flock`` on ``workdir/.lock``, which the kernel releases when the holder
+    ends, however it ends (a SIGKILLed run leaves no stale lock). On several hosts the
+    process that writes (process 0) holds it. A filesystem without locks (some network
+    filesystems) runs unlocked."""
+    workdir = pathlib.Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise VistasError(f"--workdir {workdir} is a file, not a directory; use a new directory")
+    if jax.process_index() != 0:
+        yield
+        return
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        f = open(workdir / LOCK_FILE, "a+")  # noqa: SIM115  (held for the whole run)
+    except OSError as e:
+        raise VistasError(f"cannot use {workdir} as a run directory: {e.strerror or e}") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise VistasError(f"{workdir} is in use by another vistas run ({holder}); wait for it "
+                              "to end, or use another --workdir") from None
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            yield  # no locks on this filesystem
+            return
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def final_params(workdir: str | pathlib.Path, cfg: Config | None = None, step: int | None = None,
                  key: str = "params") -> tuple[experiment.Experiment, Any, int]:
     """Rebuilds the experiment of ``workdir`` (without its training split) and restores the
@@ -95,4 +143,4 @@ def restore_params(workdir: str | pathlib.Path, step: int | None = None
     return exp.cfg, exp.graphdef, exp.rest, params, found
 
 
-__all__ = ["check_same_run", "final_params", "load_config", "restore_params", "write_config"]
+__all__ = ["check_same_run", "exclusive", "final_params", "load_config", "restore_params", "write_config"]

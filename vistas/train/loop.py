@@ -48,10 +48,17 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
     """Trains (or resumes) the run described by ``cfg`` in ``workdir``; returns a summary.
 
     ``stop_after`` ends the session after that many steps in total (as if preempted), which
-    tests use to split a run in two.
+    tests use to split a run in two. The run holds ``workdir`` while it trains: a second run
+    on it is refused (``runs.exclusive``).
     """
     config_lib.validate(cfg)
-    workdir, t = pathlib.Path(workdir), cfg.train
+    with runs.exclusive(workdir):
+        return _session(cfg, pathlib.Path(workdir), stop_after, quiet)
+
+
+def _session(cfg: Config, workdir: pathlib.Path, stop_after: int | None, quiet: bool) -> dict[str, Any]:
+    """One session of the run: build, resume, step and act, summarise."""
+    t = cfg.train
     mesh = sharding.mesh_from_config(cfg.mesh)
     mesh_lib.check_batch_size(cfg.data.batch_size, mesh)
     mesh_lib.check_batch_size(cfg.data.eval_batch_size, mesh, "data.eval_batch_size")  # not after training
@@ -129,8 +136,7 @@ def _open_workdir(workdir: pathlib.Path, cfg: Config, checkpointer: ckpt_lib.Che
     """The step to resume from (None: a new run); refuses a different run's workdir, then
     records the config."""
     latest = checkpointer.latest_step()
-    if latest is not None:
-        runs.check_same_run(workdir, cfg)
+    runs.check_same_run(workdir, cfg)  # a run that saved no checkpoint yet is the same run too
     if jax.process_index() == 0:
         runs.write_config(workdir, cfg)
     return latest
