@@ -87,6 +87,13 @@ class Experiment:
     def lr_at(self, step: Any) -> jax.Array:
         return builder.current_lr(self.schedule, self.cfg.optim.lr, step)
 
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The dataset's class names (the same list for every split), when it has them."""
+        source = self.train_source if self.train_source is not None else next(iter(self.eval_sources.values()))
+        names = getattr(source, "class_names", None)
+        return tuple(str(n) for n in names) if names is not None else None
+
 
 def _load(cfg: Config, split: str) -> Any:
     d = cfg.data

@@ -13,7 +13,7 @@ import json
 import os
 import pathlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -27,6 +27,7 @@ from vistas.files import atomic_write
 from vistas.systems import mesh as mesh_lib
 
 CONFIG_FILE = "config.json"
+CLASSES_FILE = "classes.json"
 LOCK_FILE = ".lock"
 
 
@@ -43,6 +44,18 @@ def write_config(workdir: str | pathlib.Path, cfg: Config) -> None:
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     atomic_write(workdir / CONFIG_FILE, cfg.to_json())
+
+
+def write_classes(workdir: str | pathlib.Path, class_names: Sequence[str] | None) -> None:
+    """Records the class names of the run's dataset (index i is class i) in ``classes.json``."""
+    if class_names is not None:
+        atomic_write(pathlib.Path(workdir) / CLASSES_FILE, json.dumps(list(class_names), indent=1))
+
+
+def class_names(workdir: str | pathlib.Path) -> list[str] | None:
+    """The class names a run recorded (None for a run without them)."""
+    path = pathlib.Path(workdir) / CLASSES_FILE
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def check_same_run(workdir: str | pathlib.Path, cfg: Config) -> None:
@@ -143,4 +156,4 @@ def restore_params(workdir: str | pathlib.Path, step: int | None = None
     return exp.cfg, exp.graphdef, exp.rest, params, found
 
 
-__all__ = ["check_same_run", "exclusive", "final_params", "load_config", "restore_params", "write_config"]
+__all__ = ["class_names", "check_same_run", "exclusive", "final_params", "write_classes", "load_config", "restore_params", "write_config"]

@@ -41,7 +41,7 @@ from vistas.data.readers.array_record import (
     encode_record,
     read_manifest,
 )
-from vistas.data.readers.folder import ImageFolderSource, split_folders
+from vistas.data.readers.folder import ImageFolderSource, dataset_classes, split_folders
 from vistas.errors import DataError
 from vistas.files import atomic_write
 
@@ -110,12 +110,11 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, examples_per_shard: 
     workers = workers or os.cpu_count() or 1
     dst.mkdir(parents=True, exist_ok=True)
     folders = split_folders(src)
-    listings = {split: ImageFolderSource(root) for split, root in folders.items()}
-    class_names = sorted({c for s in listings.values() for c in s.class_names})
-    index = {c: i for i, c in enumerate(class_names)}
+    class_names = list(dataset_classes(src))  # one class list for all splits
+    listings = {split: ImageFolderSource(root, class_names=tuple(class_names)) for split, root in folders.items()}
     jobs = []
     for split, s in listings.items():
-        labels = [index[s.class_names[y]] for y in s.labels]  # one class list for all splits
+        labels = [int(y) for y in s.labels]
         n = -(-len(s.paths) // examples_per_shard)
         for i in range(n):
             sl = slice(i * examples_per_shard, (i + 1) * examples_per_shard)

@@ -64,7 +64,7 @@ def _session(cfg: Config, workdir: pathlib.Path, stop_after: int | None, quiet: 
     mesh_lib.check_batch_size(cfg.data.eval_batch_size, mesh, "data.eval_batch_size")  # not after training
     exp = experiment.build(cfg, mesh=mesh)
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=t.keep, keep_every=t.keep_every)
-    latest = _open_workdir(workdir, cfg, checkpointer)
+    latest = _open_workdir(workdir, cfg, checkpointer, exp)
     say = (lambda s: None) if quiet else print
     task = task_lib.from_config(cfg, exp, workdir, mesh, resuming=latest is not None, say=say)
     data_it = _data_iterator(cfg, task)
@@ -132,13 +132,15 @@ def _steps(run: actions.Run, step_fn: Any, data_it: Any, frozen: Any, every: lis
                 return
 
 
-def _open_workdir(workdir: pathlib.Path, cfg: Config, checkpointer: ckpt_lib.Checkpointer) -> int | None:
+def _open_workdir(workdir: pathlib.Path, cfg: Config, checkpointer: ckpt_lib.Checkpointer,
+                  exp: Experiment) -> int | None:
     """The step to resume from (None: a new run); refuses a different run's workdir, then
-    records the config."""
+    records the config and the dataset's class names."""
     latest = checkpointer.latest_step()
     runs.check_same_run(workdir, cfg)  # a run that saved no checkpoint yet is the same run too
     if jax.process_index() == 0:
         runs.write_config(workdir, cfg)
+        runs.write_classes(workdir, exp.class_names)
     return latest
 
 

@@ -16,6 +16,8 @@ from vistas.data.readers.base import sliced
 from vistas.data.splits import parse_split
 from vistas.errors import DataError
 
+MAX_INFERRED_CLASSES = 100_000  # a class count read off the labels beyond this is a mistake
+
 
 class ArraySource:
     """In-memory images uint8 [N, H, W] or [N, H, W, C] with integer labels [N], or multi-hot
@@ -69,7 +71,11 @@ class ArraySource:
 
 
 def load_npz(path: str | os.PathLike, split: str) -> ArraySource:
-    """Arrays `x_<split>` (uint8 [N, H, W(, C)]) and `y_<split>` (int [N]) from a `.npz` file."""
+    """Arrays `x_<split>` (uint8 [N, H, W(, C)]) and `y_<split>` (int [N]) from a `.npz` file.
+
+    The number of classes is the file's `num_classes`, or else one more than the largest
+    label of the training split (`y_train`), for every split: a test label beyond the
+    training split's classes is an error, not a class the model never had."""
     path = pathlib.Path(path)
     name, _, _ = parse_split(split)
     try:
@@ -83,6 +89,15 @@ def load_npz(path: str | os.PathLike, split: str) -> ArraySource:
                 )
             images, labels = data[xk], data[yk]
             num_classes = int(data["num_classes"]) if "num_classes" in keys else None
+            if num_classes is None and labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer):
+                # the dataset's class count, the same for every split: the training split's
+                reference = data["y_train"] if "y_train" in keys else labels
+                num_classes = int(reference.max()) + 1 if len(reference) else 0
+                if num_classes > MAX_INFERRED_CLASSES:
+                    raise DataError(
+                        f"{path}: the largest label {reference.max()} would make {num_classes:,} "
+                        f"classes (more than {MAX_INFERRED_CLASSES:,}); labels must be class indices "
+                        "0..K-1, or store num_classes in the file if there really are that many")
     except DataError:
         raise
     except ValueError as e:

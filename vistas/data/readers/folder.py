@@ -21,12 +21,14 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
 class ImageFolderSource:
-    """Images in `root/<class name>/...`; labels are indices of the sorted class names.
+    """Images in `root/<class name>/...`; labels are indices of the sorted class names, or of
+    ``class_names`` when given (the dataset's class list, which a split may cover in part).
 
     Decodes lazily; images may differ in size (so `image_shape` is None).
     """
 
-    def __init__(self, root: str | os.PathLike, channels: int = 3):
+    def __init__(self, root: str | os.PathLike, channels: int = 3,
+                 class_names: tuple[str, ...] | None = None):
         if channels not in (1, 3):
             raise DataError(f"channels must be 1 or 3, got {channels}")
         root = pathlib.Path(root)
@@ -40,8 +42,16 @@ class ImageFolderSource:
             raise DataError(
                 f"image folder {root} has no class sub-folders; expected {root}/<class>/<image>"
             )
+        names = tuple(d.name for d in class_dirs) if class_names is None else tuple(class_names)
+        index = {name: i for i, name in enumerate(names)}
         paths, labels = [], []
-        for label, d in enumerate(class_dirs):
+        for d in class_dirs:
+            if d.name not in index:
+                raise DataError(f"class folder {d} is not a class of this dataset "
+                                f"({len(names)} classes: {', '.join(names[:10])}"
+                                f"{', ...' if len(names) > 10 else ''}); every split must use the "
+                                "training split's classes")
+            label = index[d.name]
             files = _image_files(d)
             if not files:
                 raise DataError(
@@ -52,8 +62,8 @@ class ImageFolderSource:
             labels += [label] * len(files)
         self.root = root
         self.channels = channels
-        self.class_names = tuple(d.name for d in class_dirs)
-        self.num_classes = len(class_dirs)
+        self.class_names = names
+        self.num_classes = len(names)
         self.image_shape = None
         self.paths = paths
         self.labels = np.asarray(labels, np.int32)
@@ -88,7 +98,9 @@ def load_folder(path: str | os.PathLike, split: str, channels: int = 3):
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist or is not a directory")
     name, _, _ = parse_split(split)
+    class_names = None
     if (root / name).is_dir():
+        class_names = dataset_classes(root)
         root = root / name
     else:
         present = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name in COMMON_SPLITS)
@@ -97,7 +109,26 @@ def load_folder(path: str | os.PathLike, split: str, channels: int = 3):
                 f"image folder {path} has no split folder {name!r}; splits present: "
                 f"{', '.join(present)}"
             )
-    return sliced(ImageFolderSource(root, channels=channels), split)
+    source = ImageFolderSource(root, channels=channels, class_names=class_names)
+    if source.num_classes < 2:
+        raise DataError(f"image folder {path} has {source.num_classes} class "
+                        f"({', '.join(source.class_names)}); a classifier needs at least 2 class folders")
+    return sliced(source, split)
 
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderSource", "load_folder", "split_folders"]
+def _class_dirs(root: pathlib.Path) -> list[str]:
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def dataset_classes(root: str | os.PathLike) -> tuple[str, ...]:
+    """The class list of a folder dataset with split folders: the training split's class
+    folders (sorted), so that every split numbers classes the same way; without a ``train``
+    folder, the sorted union of the split folders' classes (as ``vistas data pack`` does)."""
+    root = pathlib.Path(root)
+    splits = split_folders(root)
+    if "train" in splits and splits["train"] != root:
+        return tuple(_class_dirs(splits["train"]))
+    return tuple(sorted({c for d in splits.values() for c in _class_dirs(d)}))
+
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderSource", "dataset_classes", "load_folder", "split_folders"]
