@@ -124,6 +124,19 @@ def exclusive(workdir: str | pathlib.Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _restore(workdir: pathlib.Path, params: Any, step: int | None, key: str) -> tuple[Any, int]:
+    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", read_only=True)
+    with contextlib.closing(checkpointer):
+        found = checkpointer.latest_step() if step is None else step
+        if found is None:
+            raise VistasError(f"{workdir / 'checkpoints'} holds no checkpoint to evaluate")
+        if found not in checkpointer.all_steps():
+            raise VistasError(f"{workdir / 'checkpoints'} has no checkpoint {found}; "
+                              f"steps: {checkpointer.all_steps()}")
+        params = jax.device_put(params, mesh_lib.replicated(mesh_lib.data_mesh()))
+        return checkpointer.restore_params(found, params, key), found
+
+
 def final_params(workdir: str | pathlib.Path, cfg: Config | None = None, step: int | None = None,
                  key: str = "params") -> tuple[experiment.Experiment, Any, int]:
     """Rebuilds the experiment of ``workdir`` (without its training split) and restores the
@@ -133,19 +146,22 @@ def final_params(workdir: str | pathlib.Path, cfg: Config | None = None, step: i
     workdir = pathlib.Path(workdir)
     cfg = load_config(workdir) if cfg is None else cfg
     exp = experiment.build(cfg, with_train=False)
-    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", read_only=True)
-    with contextlib.closing(checkpointer):
-        found = checkpointer.latest_step() if step is None else step
-        if found is None:
-            raise VistasError(f"{workdir / 'checkpoints'} holds no checkpoint to evaluate")
-        if found not in checkpointer.all_steps():
-            raise VistasError(f"{workdir / 'checkpoints'} has no checkpoint {found}; "
-                              f"steps: {checkpointer.all_steps()}")
-        params = jax.device_put(exp.params, mesh_lib.replicated(mesh_lib.data_mesh()))
-        params = checkpointer.restore_params(found, params, key)
+    params, found = _restore(workdir, exp.params, step, key)
     return exp, params, found
 
 
+def model_params(workdir: str | pathlib.Path, step: int | None = None, key: str = "params"
+                 ) -> tuple[Config, Any, Any, Any, int]:
+    """``(config, graphdef, rest, params, step)`` of a run's checkpoint without its data: the
+    number of classes comes from the class names the run recorded (a run that recorded
+    none opens its evaluation split for it)."""
+    workdir = pathlib.Path(workdir)
+    cfg = load_config(workdir)
+    names = class_names(workdir)
+    num_classes = len(names) if names is not None else experiment.num_classes_of(cfg)
+    _, graphdef, params, rest = experiment.init_model(cfg, num_classes)
+    params, found = _restore(workdir, params, step, key)
+    return cfg, graphdef, rest, params, found
 
 
 def restore_params(workdir: str | pathlib.Path, step: int | None = None
@@ -156,4 +172,4 @@ def restore_params(workdir: str | pathlib.Path, step: int | None = None
     return exp.cfg, exp.graphdef, exp.rest, params, found
 
 
-__all__ = ["class_names", "check_same_run", "exclusive", "final_params", "write_classes", "load_config", "restore_params", "write_config"]
+__all__ = ["class_names", "check_same_run", "exclusive", "final_params", "model_params", "write_classes", "load_config", "restore_params", "write_config"]

@@ -3,6 +3,7 @@
     vistas train --preset NAME --workdir DIR [--set key.path=value ...]
     vistas distill --preset NAME --workdir DIR --set distill.teachers=[RUN, ...] [distill.mode=...]
     vistas evaluate --workdir DIR [--splits test ...] [--step N]
+    vistas predict --workdir DIR IMAGE_OR_FOLDER ... [--top-k 5] [--json]
     vistas models [--json] [--image-size 224] [--num-classes 1000]
     vistas presets [--json]
     vistas data list [--json] | vistas data fetch NAME
@@ -37,6 +38,7 @@ from vistas.cli import (
     fit,
     models,
     optim_memory,
+    predict,
     presets,
     shapefind,
     sweep,
@@ -45,7 +47,7 @@ from vistas.cli import (
 from vistas.errors import VistasError
 
 # in the order of `vistas --help`
-COMMANDS = (train, evaluate, models, presets, data, optim_memory, shapefind, cooldown, fewshot,
+COMMANDS = (train, evaluate, predict, models, presets, data, optim_memory, shapefind, cooldown, fewshot,
             finetune, convert, sweep, fit)
 
 
