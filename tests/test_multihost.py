@@ -24,13 +24,14 @@ import jax
 from vistas import config, presets
 from vistas.train import loop
 workdir = pathlib.Path(sys.argv[1])
-cfg = config.apply_overrides(presets.get("smoke"), [
-    "train.duration=6", "schedule.warmup=2", "train.log_every=1", "train.eval_every=6", "train.ckpt_every=3",
-    "data.eval_splits=['test[:200]']", "data.eval_batch_size=200"])
-summary = loop.train(cfg, workdir, quiet=True)
+def smoke(*more):
+    return config.apply_overrides(presets.get("smoke"), [
+        "train.duration=6", "schedule.warmup=2", "train.log_every=1", "train.eval_every=6", "train.ckpt_every=3",
+        "data.eval_splits=['test[:200]']", "data.eval_batch_size=200", *more])
+summary = loop.train(smoke(), workdir, quiet=True)
 # the fixed teacher's logits of every training example, computed over all processes
-fixed = config.apply_overrides(cfg, ["distill.mode=fixed", f"distill.teachers=['{workdir}']",
-                                     "train.duration=1", "data.num_train_examples=100"])
+fixed = smoke("distill.mode=fixed", f"distill.teachers=['{workdir}']", "train.duration=2",
+              "schedule.warmup=1", "data.num_train_examples=100")
 loop.train(fixed, workdir.parent / (workdir.name + "-fixed"), quiet=True)
 import numpy as np
 logits = np.load(workdir.parent / (workdir.name + "-fixed") / "teacher_logits.npz")["logits"]
@@ -43,7 +44,7 @@ def log_and_signal(self, run):
     if run.step == 3 and jax.process_index() == jax.process_count() - 1:
         os.kill(os.getpid(), signal.SIGTERM)
 actions.LogMetrics.__call__ = log_and_signal
-stopped = loop.train(config.apply_overrides(cfg, ["train.ckpt_every=100"]),
+stopped = loop.train(smoke("train.ckpt_every=100"),
                      workdir.parent / (workdir.name + "-stopped"), quiet=True)
 if jax.process_index() == 0:
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
