@@ -56,14 +56,19 @@ class Run:
     compute: Any = None  # FLOPs per step (MFU), when measured
     tick: float = dataclasses.field(default_factory=time.perf_counter)
     tick_step: int = 0
+    excluded: float = 0.0  # seconds since ``tick`` spent outside training steps
+
+    def __post_init__(self):
+        self.tick_step = self.step
 
     @property
     def last(self) -> bool:
         return self.step >= self.exp.total_steps
 
-    def restart_clock(self) -> None:
-        """Time spent outside training steps (evaluation) does not count as throughput."""
-        self.tick = time.perf_counter()
+    def exclude(self, since: float) -> None:
+        """The time since ``since`` (a ``time.perf_counter()``) was spent outside training
+        steps (compiling, evaluating, saving) and does not count in the throughput."""
+        self.excluded += time.perf_counter() - since
 
 
 class Action(Protocol):
@@ -86,6 +91,7 @@ class Evaluate:
         return periodic(run, self.evaluators[0].every)
 
     def __call__(self, run: Run) -> None:
+        since = time.perf_counter()
         results: dict[str, float] = {}
         plain: dict[str, float] = {}
         for ev in self.evaluators:
@@ -100,7 +106,7 @@ class Evaluate:
         run.writer.write(run.step, results)
         if plain:
             run.progress.print(f"step {run.step}: " + "  ".join(f"{k}={v:.4f}" for k, v in plain.items()))
-        run.restart_clock()
+        run.exclude(since)
 
 
 def evaluations(evaluators: list[Evaluator]) -> list[Evaluate]:
@@ -122,14 +128,14 @@ class LogMetrics:
         return periodic(run, self.every)
 
     def __call__(self, run: Run) -> None:
+        row = {k: float(v) for k, v in jax.device_get(run.metrics).items()}  # waits for the step
         now = time.perf_counter()
-        steps_per_sec = (run.step - run.tick_step) / max(now - run.tick, 1e-9)
-        row = {k: float(v) for k, v in jax.device_get(run.metrics).items()}
+        steps_per_sec = (run.step - run.tick_step) / max(now - run.tick - run.excluded, 1e-9)
         row["train/examples_per_sec"] = steps_per_sec * self.batch_size
         if run.compute is not None:
             row.update(run.compute.metrics(steps_per_sec))
         row["train/epoch"] = run.step / run.exp.steps_per_epoch
-        run.tick, run.tick_step = now, run.step
+        run.tick, run.tick_step, run.excluded = now, run.step, 0.0
         run.writer.write(run.step, row)
         eta = (run.exp.total_steps - run.step) / max(steps_per_sec, 1e-9)
         run.progress.update(run.step, f"loss {row['train/loss']:.4f}  {row['train/examples_per_sec']:.0f} img/s  "
@@ -162,8 +168,10 @@ class Checkpoint:
             raise TrainingDiverged(diverged(
                 f"parameters or optimizer state are non-finite at step {run.step}", run.last_saved,
                 run.checkpointer.directory))
+        since = time.perf_counter()
         run.checkpointer.save(run.step, run.state, run.data_state)
         run.last_saved = run.step
+        run.exclude(since)
 
 
 class NonfiniteWatch:

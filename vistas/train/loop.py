@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import time
 from typing import Any
 
 import jax
@@ -102,11 +103,13 @@ def _steps(run: actions.Run, step_fn: Any, data_it: Any, frozen: Any, every: lis
     exp, mesh = run.exp, run.mesh
     jitted, step_fn = step_fn, sharding.in_mesh(step_fn, mesh)  # the models' activation layouts
     with StopSignal() as stop:
+        since = time.perf_counter()
         batch = next(data_it) if run.step < exp.total_steps else None
         if batch is not None:  # FLOPs per step, for MFU
             run.compute = mfu.StepCompute.measure(jitted, mesh, run.state, mesh_lib.put_batch(batch, mesh),
                                                   frozen, dtype=exp.cfg.model.dtype)
         xla_cpu.release_free_memory()  # what the compiler freed, before the step's buffers
+        run.exclude(since)  # compilation is not training throughput
         while run.step < exp.total_steps:
             run.state, run.metrics = step_fn(run.state, mesh_lib.put_batch(batch, mesh), frozen)
             run.data_state = data_it.get_state()
