@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import math
 import json
 import types
 import typing
@@ -330,6 +331,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            return float(value)  # a float, not a finite one: the checks of its value say so
         raise bad
     if tp is str:
         if isinstance(value, str):
@@ -370,6 +373,9 @@ _ALIASES = {
 def _suggest(key: str, valid: list[str]) -> list[str]:
     section, _, name = key.rpartition(".")
     alias = _ALIASES.get(name)
+    if alias is None:  # a misspelt alias: "lerning_rate" is "learning_rate", vistas' "lr"
+        near = difflib.get_close_matches(name, list(_ALIASES), n=1, cutoff=0.8)
+        alias = _ALIASES[near[0]] if near else None
     if alias:
         same = [k for k in valid if k.endswith("." + alias) and (not section or k.startswith(section + "."))]
         if same:
@@ -444,18 +450,23 @@ def augmentation(d: DataConfig) -> dict[str, Any]:
             "mixup_alpha": mixup_alpha, "cutmix_alpha": d.cutmix_alpha}
 
 
+EVERY_KEYS = ("train.log_every", "train.eval_every", "train.ckpt_every", "fewshot.every")
+
+
 def _check_durations(cfg: Config) -> None:
-    """Durations are well formed, and a run is at least one step long (units are checked
-    here; their size in steps needs the dataset)."""
+    """Durations are well formed, a run is at least one step long, and cadences are not
+    empty (units are checked here; their size in steps needs the dataset)."""
     from vistas.optim import schedules
 
-    for key in ("train.duration", "train.log_every", "train.eval_every", "train.ckpt_every",
-                "schedule.warmup", "schedule.timescale", "schedule.cooldown", "fewshot.every"):
+    for key in ("train.duration", *EVERY_KEYS, "schedule.warmup", "schedule.timescale", "schedule.cooldown"):
         total = None if key == "train.duration" else 1
-        steps = schedules.parse_duration(get_value(cfg, key), name=key, steps_per_epoch=1e9,
+        value = get_value(cfg, key)
+        steps = schedules.parse_duration(value, name=key, steps_per_epoch=1e9,
                                          batch_size=1, total_steps=total)
         _check(key != "train.duration" or steps > 0,
                f"train.duration={cfg.train.duration!r} is empty; a run needs at least one step")
+        _check(key not in EVERY_KEYS or steps > 0,
+               f"{key}={value!r} is empty; give a cadence of at least one step (e.g. 100, '1ep', '10%')")
 
 
 def validate(cfg: Config) -> None:
@@ -503,7 +514,8 @@ def validate(cfg: Config) -> None:
     _check(t.max_skipped >= 0, f"train.max_skipped={t.max_skipped} must be >= 0")
     _check_durations(cfg)
     _check(t.keep_every is None or t.keep_every > 0, f"train.keep_every={t.keep_every} must be positive")
-    _check(o.lr > 0, f"optim.lr={o.lr} must be positive")
+    _check(math.isfinite(o.lr) and o.lr > 0, f"optim.lr={o.lr} must be a positive, finite number")
+    _check(0 <= t.seed < 2**63, f"train.seed={t.seed} must be an integer in [0, 2**63)")
     f = cfg.fewshot
     fewshot_options.check_options(datasets=None, shots=f.shots, seeds=f.seeds, l2=f.l2, l2_grid=f.l2_grid,
                           max_test_examples=f.max_test_examples, prefix="fewshot.")

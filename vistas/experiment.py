@@ -26,6 +26,9 @@ from vistas.optim import builder, schedules
 from vistas.systems import sharding
 
 
+MAX_STEPS = 2**31  # the step counter is an int32 on the device
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
     """A config's learning-rate schedule with its durations resolved to steps."""
@@ -44,6 +47,9 @@ def schedule_of(cfg: Config, steps_per_epoch: float) -> Schedule:
                                      steps_per_epoch=steps_per_epoch, batch_size=d.batch_size)
     if total <= 0:
         raise ConfigError(f"train.duration={cfg.train.duration!r} gives {total} steps; need at least 1")
+    if total >= MAX_STEPS:
+        raise ConfigError(f"train.duration={cfg.train.duration!r} gives {total:,} steps, more than "
+                          f"the {MAX_STEPS - 1:,} a run counts; give a shorter duration")
 
     def dur(value: Any, name: str) -> int:
         return schedules.parse_duration(value, name=name, steps_per_epoch=steps_per_epoch,

@@ -36,7 +36,14 @@ def load_config(workdir: str | pathlib.Path) -> Config:
     path = pathlib.Path(workdir) / CONFIG_FILE
     if not path.exists():
         raise VistasError(f"{workdir} holds no run (no config.json); train one with `vistas train`")
-    return Config.from_dict(json.loads(path.read_text()))
+    try:
+        return Config.from_dict(json.loads(path.read_text()))
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise VistasError(f"{path} is damaged ({str(e).splitlines()[0]}); restore it from a copy, "
+                          "or train in a new --workdir") from None
+    except (TypeError, AttributeError, KeyError) as e:
+        raise VistasError(f"{path} is not a vistas config ({type(e).__name__}: {e}); restore it "
+                          "from a copy, or train in a new --workdir") from None
 
 
 def write_config(workdir: str | pathlib.Path, cfg: Config) -> None:
@@ -65,7 +72,14 @@ def check_same_run(workdir: str | pathlib.Path, cfg: Config) -> None:
     saved_path = workdir / CONFIG_FILE
     if not saved_path.exists():
         return
-    saved = json.loads(saved_path.read_text())
+    try:
+        saved = json.loads(saved_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise VistasError(f"{saved_path} is damaged ({str(e).splitlines()[0]}); restore it from a "
+                          "copy, or train in a new --workdir") from None
+    if not isinstance(saved, dict):
+        raise VistasError(f"{saved_path} is not a vistas config; restore it from a copy, or train "
+                          "in a new --workdir")
     now = cfg.to_dict()
     defaults = Config().to_dict()
     diffs = []

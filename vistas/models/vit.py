@@ -118,7 +118,9 @@ class ViTConfig:
                 f"model width {self.width} is not divisible by num_heads {self.num_heads}"
             )
         for side in self.image_hw:
-            if side <= 0 or side % self.patch:
+            if side <= 0:
+                raise ConfigError(f"image size {self.image_size} must be positive")
+            if side % self.patch:
                 raise ConfigError(
                     f"image size {self.image_size} is not a multiple of the patch size {self.patch}"
                 )
