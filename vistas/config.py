@@ -10,8 +10,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
-import math
 import json
+import math
 import types
 import typing
 from typing import Any, Union

@@ -25,7 +25,6 @@ from vistas.models import registry
 from vistas.optim import builder, schedules
 from vistas.systems import sharding
 
-
 MAX_STEPS = 2**31  # the step counter is an int32 on the device
 
 
