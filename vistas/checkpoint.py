@@ -19,6 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from vistas.errors import VistasError
+from vistas.files import advice
 
 # What a failed write raises: OSError from Python, ValueError/RuntimeError carrying the
 # operating system's error code from TensorStore (e.g. 28: no space left, 27: file too large).
@@ -75,7 +76,7 @@ class Checkpointer:
         kept = self._manager.latest_step()
         kept_text = f"checkpoint {kept} is kept" if kept is not None and kept != step else "no checkpoint is kept"
         return VistasError(f"could not write checkpoint {step} in {self.directory}: "
-                           f"{write_failure(e)}; {kept_text} (free space, then resume)")
+                           f"{write_failure(e)}; {kept_text} ({advice(e)})")
 
     def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict]:
         """Restores ``step`` (the latest if None) into the shapes/shardings of ``abstract_state``."""

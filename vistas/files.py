@@ -9,15 +9,17 @@ file or the new one, never half of one. A failed write is one clear line.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pathlib
+import re
 from collections.abc import Iterator
 
 from vistas.errors import VistasError
 
 
 def _failed(path: pathlib.Path, e: OSError) -> VistasError:
-    return VistasError(f"could not write {path}: {e.strerror or e}; free space, then resume")
+    return VistasError(f"could not write {path}: {e.strerror or e}; {advice(e)}")
 
 
 @contextlib.contextmanager
@@ -40,6 +42,38 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[pathlib.P
         raise
 
 
+PERMISSION_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
+SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def advice(e: BaseException) -> str:
+    """What to do about a failed write, by its cause: permission (or a read-only or
+    immutable folder) vs space."""
+    code = getattr(e, "errno", None)
+    if code is None:  # wrapped by a library: "... os_error_code=28 ..."
+        m = re.search(r"os_error_code='?(\d+)", str(e))
+        code = int(m.group(1)) if m else None
+    if code in PERMISSION_ERRNOS:
+        return "no permission to write there (check the folder's owner, mode, immutable flag or read-only mount)"
+    if code in SPACE_ERRNOS:
+        return "free space, then resume"
+    return "check the folder, then resume"
+
+
+def check_writable(directory: str | os.PathLike) -> None:
+    """Creates ``directory`` if needed and writes and removes a probe file in it: a folder a
+    run cannot write is one line naming the cause before any training step, rather than a
+    failed checkpoint later."""
+    directory = pathlib.Path(directory)
+    probe = directory / f".vistas-write-test-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise VistasError(f"cannot write in {directory}: {e.strerror or e}; {advice(e)}") from None
+
+
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     """Writes ``data`` (text as UTF-8) to ``path`` whole or not at all."""
     with atomic_path(path) as tmp:
@@ -49,4 +83,4 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
             tmp.write_text(data)
 
 
-__all__ = ["atomic_path", "atomic_write"]
+__all__ = ["advice", "atomic_path", "atomic_write", "check_writable"]

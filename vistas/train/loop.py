@@ -29,7 +29,7 @@ from vistas.data import pipeline
 from vistas.evaluate import evaluators as evaluators_lib
 from vistas.evaluate.classification import evaluate, evaluate_state, evaluate_workdir
 from vistas.experiment import Experiment, build, build_model, build_sources, init_model
-from vistas.files import atomic_write
+from vistas.files import atomic_write, check_writable
 from vistas.models import registry
 from vistas.optim import builder
 from vistas.runs import final_params, load_config
@@ -64,6 +64,7 @@ def _session(cfg: Config, workdir: pathlib.Path, stop_after: int | None, quiet: 
     mesh_lib.check_batch_size(cfg.data.batch_size, mesh)
     mesh_lib.check_batch_size(cfg.data.eval_batch_size, mesh, "data.eval_batch_size")  # not after training
     exp = experiment.build(cfg, mesh=mesh)
+    check_writable(workdir / "checkpoints")  # not a failed (and hung) checkpoint write later
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=t.keep, keep_every=t.keep_every)
     latest = _open_workdir(workdir, cfg, checkpointer, exp)
     say = (lambda s: None) if quiet else print

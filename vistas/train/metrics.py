@@ -8,7 +8,7 @@ import pathlib
 from typing import Any
 
 from vistas.errors import VistasError
-from vistas.files import atomic_write
+from vistas.files import advice, atomic_write
 
 
 def _plain(v: Any) -> Any:
@@ -53,7 +53,7 @@ class MetricsWriter:
                 f.write(json.dumps(row) + "\n")
         except OSError as e:  # a row cut short is dropped when the run resumes
             raise VistasError(f"could not write metrics of step {step} to {self.path}: "
-                              f"{e.strerror or e}; free space, then resume") from e
+                              f"{e.strerror or e}; {advice(e)}") from e
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, float):
