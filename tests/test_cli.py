@@ -53,7 +53,7 @@ def test_each_subcommand_module_holds_its_parser_and_handler():
     for name, sp in sub.choices.items():
         module = sys.modules[sp.get_default("fn").__module__]
         assert sp.get_default("fn") is module.run, name
-    assert list(sub.choices) == ["train", "distill", "evaluate", "models", "presets", "data",
+    assert list(sub.choices) == ["train", "distill", "evaluate", "predict", "models", "presets", "data",
                                  "optim-memory", "shapefind", "cooldown", "fewshot", "finetune",
                                  "convert", "sweep", "fit"]
 
@@ -62,7 +62,7 @@ def test_help_of_the_module_entry_point():
     proc = subprocess.run(vistas_cmd("--help"), env=cli_env(), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: vistas ")
-    assert "{train,distill,evaluate,models,presets,data,optim-memory" in proc.stdout
+    assert "{train,distill,evaluate,predict,models,presets,data,optim-memory" in proc.stdout
 
 
 def test_models_json(capsys):

@@ -102,6 +102,8 @@ def test_every_format_uses_one_limit(tmp_path, monkeypatch):
     png = tmp_path / "folder" / "a" / "0.png"
     png.parent.mkdir(parents=True)
     Image.new("RGB", (20, 10), (9, 8, 7)).save(png)
+    (tmp_path / "folder" / "b").mkdir()  # a classifier's folder needs two classes
+    Image.new("RGB", (4, 4)).save(tmp_path / "folder" / "b" / "1.png")
     data = png.read_bytes()
     packed = tmp_path / "packed"
     shards.pack(tmp_path / "folder", packed, workers=1)

@@ -159,3 +159,93 @@ def test_weighted_mixture_draws_by_weight_and_trains(folder, tmp_path):
     with pytest.raises(DataError, match="share one label space"):
         sources.MixtureSource([mix.parts[0], sources.ArraySource(np.zeros((2, 4, 4), np.uint8),
                                                                  np.array([0, 1]))], [1, 1])
+
+
+def _tree(root: pathlib.Path) -> set[str]:
+    """Every entry under ``root`` (hidden ones too), relative to it."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_a_failed_pack_keeps_the_packed_set(tmp_path):
+    """Packing a folder with a corrupt image into a valid shard directory fails with one line
+    naming the image and leaves the old set as it was: verify passes with the old counts,
+    shards and manifest are unchanged, and nothing was created in the source folder. Once
+    the image is removed, the pack completes, reusing the shards it can."""
+    src, dst = tmp_path / "src", tmp_path / "packed"
+    rng = np.random.default_rng(3)
+    for c, n in (("a", 5), ("b", 4)):
+        (src / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(src / c / f"{i}.png")
+    shards.pack(src, dst, examples_per_shard=4, workers=1)
+    assert shards.verify(dst) == {"train": 9}
+    before = {p.name: p.read_bytes() for p in dst.iterdir() if p.is_file()}
+    (src / "b" / "zz_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    src_before = _tree(src)
+    with pytest.raises(DataError, match=r"cannot decode image .*zz_broken\.jpg") as e:
+        shards.pack(src, dst, examples_per_shard=4, workers=1)
+    assert "\n" not in str(e.value)
+    assert shards.verify(dst) == {"train": 9}
+    assert {p.name: p.read_bytes() for p in dst.iterdir() if p.is_file()} == before
+    assert _tree(src) == src_before
+    assert not [p for p in dst.rglob("*.tmp")]  # no half-written shard left behind
+    (src / "b" / "zz_broken.jpg").unlink()
+    Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(src / "b" / "zz_new.png")
+    logs = []
+    shards.pack(src, dst, examples_per_shard=4, workers=1, log=logs.append)
+    assert shards.verify(dst) == {"train": 10}
+    assert sum("already packed" in line for line in logs) == 2  # the first two shards are unchanged
+    _same_as_folder(dst, src, "train")
+    assert [p.name for p in dst.iterdir() if p.name.startswith(".")] == []
+    shards.pack(src, dst, examples_per_shard=8, workers=1)  # another shard count: the old files go
+    assert sorted(p.name for p in dst.glob("*.array_record")) == [
+        "train-00000-of-00002.array_record", "train-00001-of-00002.array_record"]
+    assert shards.verify(dst) == {"train": 10}
+
+
+def test_verify_an_image_folder_lists_every_bad_image(tmp_path, capsys):
+    """``vistas data verify`` on an image folder (with or without split folders) decodes
+    every image and names every bad one, one line each, then a summary; status 2 when any
+    is bad, 0 otherwise. ``shards.verify_folder`` is the same check in Python. A shard
+    directory is still checked against its manifest."""
+    import io
+
+    from vistas import cli
+
+    rng = np.random.default_rng(5)
+    root = tmp_path / "images"
+    for split, c, n in (("train", "a", 3), ("train", "b", 2), ("test", "a", 1), ("test", "b", 1)):
+        (root / split / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    (root / "train" / "b" / "empty.png").write_bytes(b"")
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    (root / "test" / "b" / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+
+    report = shards.verify_folder(root, workers=2)
+    assert report.counts == {"test": 3, "train": 6}
+    assert [pathlib.Path(p).name for p, _ in report.bad] == ["cut.jpg", "empty.png"]
+    assert all("cannot decode image" in msg and "\n" not in msg for _, msg in report.bad)
+    assert not report.ok
+
+    assert cli.main(["data", "verify", str(root)]) == 2
+    out, err = capsys.readouterr()
+    lines = (out + err).strip().splitlines()
+    bad_lines = [line for line in lines if "cannot decode image" in line]
+    assert len(bad_lines) == 2
+    assert any("cut.jpg" in line for line in bad_lines) and any("empty.png" in line for line in bad_lines)
+    assert err.strip().splitlines()[-1].startswith("vistas: error: ")
+    assert "2 of 9 images" in err
+
+    (root / "train" / "b" / "empty.png").unlink()
+    (root / "test" / "b" / "cut.jpg").unlink()
+    flat = root / "train"  # no split folders: one split, "train"
+    assert shards.verify_folder(flat).ok and shards.verify_folder(flat).counts == {"train": 5}
+    assert cli.main(["data", "verify", str(root)]) == 0
+    out, err = capsys.readouterr()
+    assert "train 5 images" in out and "test 2 images" in out and "every image decodes" in out and not err
+
+    shards.pack(root, tmp_path / "packed", workers=1)
+    assert cli.main(["data", "verify", str(tmp_path / "packed")]) == 0
+    assert "(checksums match)" in capsys.readouterr().out

@@ -300,6 +300,40 @@ def test_image_folder_structure_errors(tmp_path):
         sources.ImageFolderSource(tmp_path, channels=2)
 
 
+def test_symlink_loops_in_an_image_folder_are_read_once(tmp_path):
+    """A class folder holding a symbolic link to its parent (the dataset root) and one to
+    the root by its absolute path: each real image is listed once, with its own class;
+    the skipped links are counted and reported once. A link to a folder outside the
+    dataset is still followed, and a loop inside that folder is skipped too."""
+    import os
+    import warnings
+
+    root, extra = tmp_path / "ds", tmp_path / "more_dogs"
+    for c, n in (("cat", 3), ("dog", 2)):
+        for i in range(n):
+            save(Image.new("RGB", (4, 4), (i, 0, 0)), root / c / f"{i}.png")
+    for i in range(2):
+        save(Image.new("RGB", (4, 4), (0, i, 0)), extra / f"{i}.png")
+    os.symlink("..", root / "cat" / "up")  # the parent, which is the dataset root
+    os.symlink(extra, root / "dog" / "more")  # outside the dataset: followed
+    os.symlink(".", extra / "again")  # a loop inside the linked folder
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        src = sources.ImageFolderSource(root)
+    assert len(src) == 7, f"{len(src)} images listed, the folder holds 7"
+    os.symlink(root, root / "cat" / "top")  # the dataset root by its absolute path
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        src = sources.ImageFolderSource(root)
+    assert len(src) == 7 and list(src.labels) == [0, 0, 0, 1, 1, 1, 1]
+    assert [os.path.relpath(p, tmp_path) for p in src.paths] == [
+        "ds/cat/0.png", "ds/cat/1.png", "ds/cat/2.png", "ds/dog/0.png", "ds/dog/1.png",
+        "ds/dog/more/0.png", "ds/dog/more/1.png"]
+    assert src.skipped_dirs == 3  # cat/top, cat/up, dog/more/again
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "skipped 3 " in messages[0] and "\n" not in messages[0]
+
+
 def test_folder_splits(tmp_path):
     for split, n in [("train", 3), ("test", 2)]:
         for c in ("cat", "dog"):

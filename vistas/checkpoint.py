@@ -9,10 +9,14 @@ never leaves something that is taken for a checkpoint; the previous one stays lo
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import pathlib
 import re
 import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -34,6 +38,20 @@ def write_failure(e: BaseException) -> str:
     if m:
         return os.strerror(int(m.group(1)))
     return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+
+
+@contextlib.contextmanager
+def _library_stderr() -> Iterator[None]:
+    """What TensorStore's callbacks print on ``sys.stderr`` while a read fails (dozens of
+    "Event loop is closed" tracebacks) goes to the ``orbax`` logger instead: the reason of
+    the failure is reported as one line."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+    finally:
+        if captured.getvalue():
+            logging.getLogger("orbax").warning("output of a checkpoint read:\n%s", captured.getvalue())
 
 
 class Checkpointer:
@@ -107,6 +125,10 @@ class Checkpointer:
 
     def _read(self, step: int, target: Any, args: Any) -> Any:
         """Restores ``args``; a checkpoint of another model or a damaged one is one line."""
+        with _library_stderr():
+            return self._read_or_explain(step, target, args)
+
+    def _read_or_explain(self, step: int, target: Any, args: Any) -> Any:
         try:
             return self._manager.restore(step, args=args)
         except Exception as e:  # orbax and TensorStore raise many kinds
@@ -155,7 +177,8 @@ class Checkpointer:
 
     def close(self) -> None:
         self.wait()
-        self._manager.close()
+        with _library_stderr():
+            self._manager.close()
 
 
 def copy_step(src_dir: str | pathlib.Path, step: int, dst_dir: str | pathlib.Path) -> pathlib.Path:

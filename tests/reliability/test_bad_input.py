@@ -198,7 +198,7 @@ def test_truncated_or_foreign_weight_files_are_one_line(tmp_path, suffix):
     (["train.duration=0"], "train.duration=0 is empty; a run needs at least one step"),
     (["train.duration='0ep'"], "train.duration='0ep' is empty"),
     (["schedule.warmup='5 epochs'"], "schedule.warmup='5 epochs' is not a duration"),
-    (["optim.lr=-0.1"], "optim.lr=-0.1 must be positive"),
+    (["optim.lr=-0.1"], "optim.lr=-0.1 must be a positive, finite number"),
     (["data.randaug_ops=2", "data.autoaugment=True"], "data.autoaugment=True and data.randaug_ops > 0: choose one"),
 ])
 def test_bad_values_and_conflicts_are_one_line(overrides, culprit):

@@ -41,3 +41,33 @@ def test_a_damaged_config_json_is_one_line(content, expected, capsys, tmp_path):
     assert cli.main(["evaluate", "--workdir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1, err
+
+
+@pytest.mark.slow
+def test_library_noise_goes_to_a_log_file_not_the_terminal(tmp_path):
+    """``vistas evaluate`` on a damaged checkpoint: the one line of the error on the
+    terminal; orbax's and absl's notices (read-only manager, missing metadata) in the log."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import requires_fashion_mnist  # noqa: F401
+    from reliability_helpers import tiny
+
+    from vistas.data import catalog
+    from vistas.train import loop
+
+    if not catalog.is_present("fashion_mnist"):
+        pytest.skip("Fashion-MNIST not installed")
+    run = tmp_path / "run"
+    loop.train(tiny("train.duration=2", "schedule.warmup=1"), run, quiet=True)
+    for f in (run / "checkpoints" / "2" / "state").rglob("d/*"):
+        if f.is_file():
+            f.write_bytes(f.read_bytes()[:10])
+    logs = tmp_path / "logs"
+    proc = subprocess.run([sys.executable, "-m", "vistas.cli", "evaluate", "--workdir", str(run)],
+                          capture_output=True, text=True, env={**os.environ, "VISTAS_LOG_DIR": str(logs)})
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "is damaged or incomplete" in proc.stderr, proc.stderr
+    (log,) = logs.glob("vistas-*.log")
+    assert "absl" in log.read_text()

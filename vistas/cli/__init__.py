@@ -26,6 +26,8 @@ building the parser (``vistas --help``) stays fast.
 from __future__ import annotations
 
 import argparse
+import os
+import pathlib
 import sys
 
 from vistas.cli import (
@@ -59,8 +61,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Loggers of libraries whose background threads report what vistas reports itself (orbax's
+# asynchronous writes, absl's notices): their records go to a log file, not the terminal.
+LIBRARY_LOGGERS = ("absl", "orbax", "asyncio", "py.warnings")
+KEEP_LOGS = 50
+
+
+def log_dir() -> pathlib.Path:
+    """Where the commands' library logs go: $VISTAS_LOG_DIR, or ~/.cache/vistas/logs."""
+    base = os.environ.get("VISTAS_LOG_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vistas", "logs")
+    return pathlib.Path(base)
+
+
+def route_library_logs() -> pathlib.Path | None:
+    """Sends the records of ``LIBRARY_LOGGERS`` (and Python warnings) to a log file of this
+    process, created only when something is logged; None when no log folder can be made."""
+    import logging
+    import time
+
+    try:
+        directory = log_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    for old in sorted(directory.glob("vistas-*.log"))[:-KEEP_LOGS]:  # the newest are kept
+        old.unlink(missing_ok=True)
+    path = directory / f"vistas-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    handler = logging.FileHandler(path, delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.captureWarnings(True)
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.propagate = False
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    route_library_logs()
     try:
         from vistas.systems import distributed
 
@@ -82,7 +122,26 @@ def console() -> None:
     from vistas.systems import xla_cpu
 
     xla_cpu.restart_with_huge_pages()  # replaces the process (same arguments) or returns
-    sys.exit(main())
+    status = main()
+    _quiet_exit()
+    sys.exit(status)
 
 
-__all__ = ["COMMANDS", "build_parser", "console", "main"]
+def _quiet_exit() -> None:
+    """What library threads print while the interpreter shuts down (TensorStore callbacks
+    finding asyncio's loop closed after a failed read) goes to the log, not after the
+    command's last line."""
+    import logging
+
+    handlers = logging.getLogger("absl").handlers
+    path = getattr(handlers[0], "baseFilename", None) if handlers else None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if path is not None:
+        try:
+            sys.stderr = open(path, "a")  # noqa: SIM115  (open until the process ends)
+        except OSError:
+            pass
+
+
+__all__ = ["COMMANDS", "LIBRARY_LOGGERS", "build_parser", "console", "log_dir", "main", "route_library_logs"]

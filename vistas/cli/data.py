@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 
 
 def run(args: argparse.Namespace) -> int:
@@ -16,6 +17,8 @@ def run(args: argparse.Namespace) -> int:
     if args.data_cmd in ("pack", "verify"):
         from vistas.data import shards
 
+        if args.data_cmd == "verify" and pathlib.Path(args.dst).is_dir() and not shards.is_packed(args.dst):
+            return _verify_folder(args.dst, args.workers)  # an image folder
         if args.data_cmd == "verify":
             counts = shards.verify(args.dst)
         else:
@@ -36,6 +39,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_folder(path: str, workers: int | None) -> int:
+    from vistas.data import shards
+    from vistas.errors import DataError
+
+    report = shards.verify_folder(path, workers=workers, log=print)  # one line per bad image
+    if report.skipped_dirs:
+        print(f"{path}: skipped {report.skipped_dirs} symbolic link(s) to directories already read "
+              "or holding the folder itself (loops); every image was read once")
+    if not report.ok:
+        raise DataError(f"{len(report.bad):,} of {report.total:,} images in {path} cannot be decoded "
+                        "(listed above); remove or replace them")
+    print(f"{path}: " + ", ".join(f"{k} {v:,} images" for k, v in report.counts.items())
+          + f"; every image decodes; pack it with `vistas data pack {path} DST`")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("data", help="known datasets")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
@@ -53,6 +72,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     dp.add_argument("dst")
     dp.add_argument("--examples-per-shard", type=int, default=1000)
     dp.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    dv = dsub.add_parser("verify", help="check packed shards against their manifest's checksums")
-    dv.add_argument("dst")
+    dv = dsub.add_parser("verify", help="check packed shards against their manifest's checksums, "
+                         "or decode every image of an image folder",
+                         description="PATH is a shard directory (with a manifest.json): every shard is "
+                         "checked against its checksum. Otherwise PATH is an image folder "
+                         "(PATH/<split>/<class>/<image> or PATH/<class>/<image>): every image is "
+                         "decoded once, each one that cannot be is listed, and the status is 2 if any.")
+    dv.add_argument("dst", metavar="PATH")
+    dv.add_argument("--workers", type=int, default=None,
+                    help="threads decoding an image folder (default: one per core)")
     d.set_defaults(fn=run)

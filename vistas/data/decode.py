@@ -1,8 +1,8 @@
 """The one image decoder: an image file or encoded image bytes -> uint8 [H, W, C].
 
 Every format decodes through it: image folders (`decode_image`), the bytes of ArrayRecord
-shards and Parquet files (`decode_bytes`), and `vistas data pack`'s check of every image
-it packs (`verify_bytes`). So the same rules hold everywhere:
+shards and Parquet files (`decode_bytes`), and the checks of every image by `vistas data pack`
+(`verify_bytes`) and `vistas data verify` (`verify_image`). So the same rules hold everywhere:
 
 - an image of more than `MAX_IMAGE_PIXELS` pixels (width x height as its header claims) is
   refused before it is decoded: a small file claiming a huge size (a "decompression bomb")
@@ -93,4 +93,11 @@ def verify_bytes(data: bytes, where: str, max_pixels: int | None = None) -> None
     _decode(io.BytesIO(data), where, 3, None, max_pixels, False)
 
 
-__all__ = ["MAX_IMAGE_PIXELS", "decode_bytes", "decode_image", "pil_to_array", "verify_bytes"]
+def verify_image(path: str | os.PathLike, max_pixels: int | None = None) -> None:
+    """Decodes an image file in full without converting it; DataError as ``decode_image``
+    if it is not a readable image within the pixel limit."""
+    _decode(path, path, 3, None, max_pixels, False)
+
+
+__all__ = ["MAX_IMAGE_PIXELS", "decode_bytes", "decode_image", "pil_to_array", "verify_bytes",
+           "verify_image"]

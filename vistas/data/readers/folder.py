@@ -2,13 +2,18 @@
 folders `root/<split>/<class name>/<image>` (`load_folder`).
 
 Files are listed once (sorted, hidden ones skipped, symlinks followed) and decoded on access
-by `vistas.data.decode`, so images may differ in size.
+by `vistas.data.decode`, so images may differ in size. A symbolic link to a directory is
+followed unless that directory was already read (through another path, or as a class
+folder) or holds the directory being read (a loop): such links are skipped, counted in
+`ImageFolderSource.skipped_dirs` and reported once with a warning, so no image is listed
+twice or under another class.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import warnings
 
 import numpy as np
 
@@ -44,6 +49,7 @@ class ImageFolderSource:
             )
         names = tuple(d.name for d in class_dirs) if class_names is None else tuple(class_names)
         index = {name: i for i, name in enumerate(names)}
+        walk = _Walk(root, class_dirs)
         paths, labels = [], []
         for d in class_dirs:
             if d.name not in index:
@@ -52,7 +58,7 @@ class ImageFolderSource:
                                 f"{', ...' if len(names) > 10 else ''}); every split must use the "
                                 "training split's classes")
             label = index[d.name]
-            files = _image_files(d)
+            files = walk.images(d)
             if not files:
                 raise DataError(
                     f"class folder {d} has no images (allowed extensions: "
@@ -67,6 +73,12 @@ class ImageFolderSource:
         self.image_shape = None
         self.paths = paths
         self.labels = np.asarray(labels, np.int32)
+        self.skipped_dirs = len(walk.skipped)  # symbolic links to directories not followed
+        if walk.skipped:
+            warnings.warn(f"image folder {root}: skipped {len(walk.skipped)} symbolic "
+                          f"link{'s' if len(walk.skipped) > 1 else ''} to directories already read "
+                          f"or holding the folder itself (a loop), e.g. {walk.skipped[0]}; every "
+                          "image is listed once", stacklevel=2)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -75,15 +87,62 @@ class ImageFolderSource:
         return {"image": decode_image(self.paths[i], self.channels), "label": self.labels[i]}
 
 
-def _image_files(directory: pathlib.Path) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [
-            os.path.join(dirpath, f) for f in sorted(filenames)
-            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
-        ]
+def _above(real: str) -> set[str]:
+    """``real`` and every directory above it."""
+    found = {real}
+    while (parent := os.path.dirname(real)) != real:
+        found.add(parent)
+        real = parent
     return found
+
+
+class _Walk:
+    """Lists the images of the class folders of one image folder, each real directory once.
+
+    Symbolic links are followed, but a directory is not entered when its real path was
+    already entered (reached through another link, or another class's folder) or when it
+    holds a directory on the way to it (a link to a parent or to the dataset root: a loop).
+    The paths of the links so skipped are in ``skipped``.
+    """
+
+    def __init__(self, root: pathlib.Path, class_dirs: list[pathlib.Path]):
+        self.root_real = os.path.realpath(root)
+        reals = {}
+        for d in class_dirs:
+            real = os.path.realpath(d)
+            if real in _above(self.root_real):
+                raise DataError(f"class folder {d} is a symbolic link to {real}, which holds the image "
+                                f"folder {root} itself (a loop); remove the link")
+            if real in reals:
+                raise DataError(f"class folders {reals[real]} and {d} are the same directory {real} "
+                                "(a symbolic link); each image may belong to one class: remove one")
+            reals[real] = d
+        self.seen = {self.root_real, *reals}  # each class folder is read as its own class only
+        self.skipped: list[str] = []
+
+    def images(self, directory: pathlib.Path) -> list[str]:
+        found = []
+        top = str(directory)
+        # per directory to enter: the real paths on the way to it, and every directory above them
+        holding = {top: _above(self.root_real) | _above(os.path.realpath(top))}
+        for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+            here = holding.pop(dirpath)
+            keep = []
+            for d in sorted(d for d in dirnames if not d.startswith(".")):
+                path = os.path.join(dirpath, d)
+                real = os.path.realpath(path)
+                if real in self.seen or real in here:
+                    self.skipped.append(path)
+                    continue
+                self.seen.add(real)
+                holding[path] = here | _above(real)
+                keep.append(d)
+            dirnames[:] = keep
+            found += [
+                os.path.join(dirpath, f) for f in sorted(filenames)
+                if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+            ]
+        return found
 
 
 def split_folders(src: pathlib.Path) -> dict[str, pathlib.Path]:
