@@ -94,3 +94,30 @@ def test_metrics_write_fails_cleanly_and_a_resume_repairs_the_file(run8, tmp_pat
     loop.train(tiny(*SETS), workdir, stop_after=10, quiet=True)
     rows = [r["step"] for r in read_metrics(workdir / "metrics.jsonl") if "train/loss" in r]
     assert rows == list(range(1, 11))
+
+
+@requires_fashion_mnist
+def test_a_writer_failing_to_close_never_hides_the_error_that_stopped_the_run(tmp_path, monkeypatch):
+    """A full disk fails the checkpoint and then the TensorBoard flush in the loop's cleanup:
+    the run's error is the checkpoint's one line; a close failure alone is one line too."""
+    import errno
+
+    from vistas.errors import VistasError
+    from vistas.train.metrics import MetricsWriter
+
+    def full(*args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def failed_save(self, step, *args, **kw):
+        raise VistasError(f"could not write checkpoint {step} in {self.directory}: No space left on device")
+
+    monkeypatch.setattr(MetricsWriter, "close", full)
+    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", failed_save)
+    with pytest.raises(VistasError, match="could not write checkpoint 2 in"):
+        loop.train(tiny("train.duration=4", "train.ckpt_every=2", "schedule.warmup=1"), tmp_path / "a", quiet=True)
+    monkeypatch.undo()
+    monkeypatch.setattr(MetricsWriter, "close", full)
+    with pytest.raises(VistasError) as e:
+        loop.train(tiny("train.duration=2", "schedule.warmup=1"), tmp_path / "b", quiet=True)
+    assert str(e.value) == ("could not finish writing the run's files: No space left on device; "
+                            "free space, then resume")

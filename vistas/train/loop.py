@@ -14,7 +14,9 @@ The loop knows no task, evaluator or periodic action by name: the task
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -26,10 +28,11 @@ from vistas import config as config_lib
 from vistas import experiment, runs
 from vistas.config import Config
 from vistas.data import pipeline
+from vistas.errors import VistasError
 from vistas.evaluate import evaluators as evaluators_lib
 from vistas.evaluate.classification import evaluate, evaluate_state, evaluate_workdir
 from vistas.experiment import Experiment, build, build_model, build_sources, init_model
-from vistas.files import atomic_write, check_writable
+from vistas.files import advice, atomic_write, check_writable
 from vistas.models import registry
 from vistas.optim import builder
 from vistas.runs import final_params, load_config
@@ -93,9 +96,29 @@ def _session(cfg: Config, workdir: pathlib.Path, stop_after: int | None, quiet: 
             for ev in evaluators:
                 run.results.update(ev.fn(run.state)[0] if ev.summary else {})
     finally:
-        for closing in (run.progress, data_it, checkpointer, writer):
-            closing.close()
+        _close(run.progress, data_it, checkpointer, writer)
     return _summary(run, workdir)
+
+
+def _close(*parts: Any) -> None:
+    """Closes every part. While an error is on its way out, a part that fails to close (a
+    TensorBoard flush on the same full disk) is logged, never put in its place; otherwise
+    the first failure is raised, an OS error as one line."""
+    unwinding = sys.exc_info()[1] is not None
+    first: BaseException | None = None
+    for part in parts:
+        try:
+            part.close()
+        except Exception as e:  # noqa: BLE001  (every part is closed whatever the others do)
+            if unwinding:
+                logging.getLogger("vistas").warning("while stopping, %s failed to close: %r", type(part).__name__, e)
+            elif first is None:
+                first = e
+    if isinstance(first, OSError):
+        raise VistasError(f"could not finish writing the run's files: {first.strerror or first}; "
+                          f"{advice(first)}") from first
+    if first is not None:
+        raise first
 
 
 def _steps(run: actions.Run, step_fn: Any, data_it: Any, frozen: Any, every: list,
