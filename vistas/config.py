@@ -459,7 +459,7 @@ def _check_durations(cfg: Config) -> None:
     from vistas.optim import schedules
 
     for key in ("train.duration", *EVERY_KEYS, "schedule.warmup", "schedule.timescale", "schedule.cooldown"):
-        total = None if key == "train.duration" else 1
+        total = None if key == "train.duration" else 10**9  # a percent of any run: 0 only at 0%
         value = get_value(cfg, key)
         steps = schedules.parse_duration(value, name=key, steps_per_epoch=1e9,
                                          batch_size=1, total_steps=total)
