@@ -110,6 +110,7 @@ def exclusive(workdir: str | pathlib.Path) -> Iterator[None]:
     if jax.process_index() != 0:
         yield
         return
+    created = not workdir.exists()
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         f = open(workdir / LOCK_FILE, "a+")  # noqa: SIM115  (held for the whole run)
@@ -135,6 +136,9 @@ def exclusive(workdir: str | pathlib.Path) -> Iterator[None]:
         try:
             yield
         finally:
+            if created and [p.name for p in workdir.iterdir()] == [LOCK_FILE]:
+                (workdir / LOCK_FILE).unlink()  # a run that wrote nothing leaves nothing
+                workdir.rmdir()
             fcntl.flock(f, fcntl.LOCK_UN)
 
 

@@ -56,16 +56,17 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
     on it is refused (``runs.exclusive``).
     """
     config_lib.validate(cfg)
-    with runs.exclusive(workdir):
-        return _session(cfg, pathlib.Path(workdir), stop_after, quiet)
-
-
-def _session(cfg: Config, workdir: pathlib.Path, stop_after: int | None, quiet: bool) -> dict[str, Any]:
-    """One session of the run: build, resume, step and act, summarise."""
-    t = cfg.train
     mesh = sharding.mesh_from_config(cfg.mesh)
     mesh_lib.check_batch_size(cfg.data.batch_size, mesh)
     mesh_lib.check_batch_size(cfg.data.eval_batch_size, mesh, "data.eval_batch_size")  # not after training
+    with runs.exclusive(workdir):
+        return _session(cfg, pathlib.Path(workdir), mesh, stop_after, quiet)
+
+
+def _session(cfg: Config, workdir: pathlib.Path, mesh: Any, stop_after: int | None,
+             quiet: bool) -> dict[str, Any]:
+    """One session of the run: build, resume, step and act, summarise."""
+    t = cfg.train
     exp = experiment.build(cfg, mesh=mesh)
     check_writable(workdir / "checkpoints")  # not a failed (and hung) checkpoint write later
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=t.keep, keep_every=t.keep_every)
