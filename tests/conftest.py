@@ -56,3 +56,39 @@ def transfer_upstream(tmp_path_factory):
     loop.train(smoke("train.duration=150", "train.ckpt_every=150", "train.eval_every=150",
                      "data.num_train_examples=4096"), workdir, quiet=True)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def compilation_cache_dir(tmp_path_factory):
+    """One folder for JAX's persistent compilation cache, shared by the whole session."""
+    return tmp_path_factory.mktemp("jax_cache")
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(compilation_cache_dir):
+    """JAX's persistent compilation cache, on for a module's tests and for the subprocesses they
+    start (through the environment), off again after the module.
+
+    Every ``loop.train`` builds a new jitted step, so without it each run of the same config
+    compiles the same program again (seconds each); with it, a program already compiled in
+    this session for the same devices is loaded instead. XLA:CPU compiles deterministically:
+    a loaded program computes bit for bit what a fresh compilation would.
+    """
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as cache
+
+    options = {"jax_compilation_cache_dir": str(compilation_cache_dir),
+               "jax_persistent_cache_min_compile_time_secs": 0.0,
+               "jax_persistent_cache_min_entry_size_bytes": 0}
+    before = {name: getattr(jax.config, name) for name in options}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in options.items():
+            jax.config.update(name, value)
+            mp.setenv(name.upper(), str(value))
+        cache.reset_cache()
+        try:
+            yield compilation_cache_dir
+        finally:
+            for name, value in before.items():
+                jax.config.update(name, value)
+            cache.reset_cache()

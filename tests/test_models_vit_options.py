@@ -420,7 +420,10 @@ def test_vit22b_preset_is_the_demo_with_the_22b_block():
 @requires_fashion_mnist
 def test_vit22b_block_trains_on_fashion_mnist(tmp_path):
     cfg = presets.get("fashion_mnist_vit22b")
+    # the preset's block (parallel, QK-norm, bias-free) at the smoke run's width, depth and
+    # batch: what is checked is that the block trains, fused and scanned, not the demo's size
     config_lib.apply_overrides(cfg, [
+        "model.width=64", "model.depth=2", "model.mlp_dim=128", "data.batch_size=64",
         "data.num_train_examples=2048", "data.eval_splits=['test[:1000]']", "train.duration=64",
         "train.eval_every=64", "train.ckpt_every=64", "model.drop_path=0.1", "model.scan=True",
         "model.fused=True",
@@ -428,4 +431,6 @@ def test_vit22b_block_trains_on_fashion_mnist(tmp_path):
     summary = loop.train(cfg, tmp_path / "run", quiet=True)
     assert summary["finished"] and summary["eval/test[:1000]/top1"] > 0.4  # chance: 0.1
     exp, params, _ = loop.final_params(tmp_path / "run")
-    assert exp.model.cfg.parallel and "blocks" in params["encoder"]
+    mcfg = exp.model.cfg
+    assert mcfg.parallel and mcfg.qk_norm and not mcfg.qkv_bias and not mcfg.norm_bias
+    assert mcfg.fused and "blocks" in params["encoder"]

@@ -12,6 +12,9 @@ from vistas.errors import ConfigError, VistasError
 from vistas.scaling import fit, results, spec, sweep
 from vistas.systems import flops
 
+# The sweep's later sessions load the steps its first one compiled.
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+
 TRUE = {"a": 3.0, "b": 0.4, "c": 0.08, "d": 50.0}
 
 

@@ -20,6 +20,10 @@ from vistas.models import create
 from vistas.optim import adafactor
 from vistas.systems import shapefind, sharding
 
+# Shape finding compiles the same steps several times (the probes of find_batch, the CLI's
+# batch): each is compiled once per session.
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+
 MESH_42 = AbstractMesh((1, 4, 2), sharding.AXES)  # fsdp=4, model=2
 
 
@@ -138,12 +142,14 @@ from vistas.train import loop
 
 workdir = pathlib.Path(sys.argv[1])
 out = {}
-for name, sets in {
+meshes = {
     "data": ["mesh.data=8"],
     "fsdp": ["mesh.data=1", "mesh.fsdp=8"],
     "model": ["mesh.data=2", "mesh.model=4"],
     "2d": ["mesh.data=2", "mesh.fsdp=2", "mesh.model=2"],
-}.items():
+}
+for name in sys.argv[2:]:
+    sets = meshes[name]
     cfg = config.apply_overrides(presets.get("smoke"), [
         "train.duration=6", "schedule.warmup=2", "train.log_every=1", "train.eval_every=6",
         "train.ckpt_every=6", "model.num_heads=4", "data.eval_splits=['test[:200]']", "data.eval_batch_size=200",
@@ -177,10 +183,16 @@ def test_data_fsdp_tensor_and_2d_parallel_training_give_the_same_losses(tmp_path
     script.write_text(MESHES_SNIPPET)
     env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True,
-                          text=True, timeout=550)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    # two processes side by side (compiling is single-threaded), two meshes each
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), *names], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for names in (["data", "2d"], ["fsdp", "model"])]
+    r = {}
+    for proc in procs:
+        out, err = proc.communicate(timeout=550)
+        assert proc.returncode == 0, err[-3000:]
+        r.update(json.loads(out.strip().splitlines()[-1]))
+    assert set(r) == {"data", "fsdp", "model", "2d"}
     ref = r["data"]
     assert len(ref["losses"]) == 6 and ref["losses"][-1] < ref["losses"][0]
     for name in ("fsdp", "model", "2d"):
@@ -211,11 +223,12 @@ def one_device():
 
 def test_step_memory_counts_the_state_and_grows_with_the_batch(one_device):
     cfg = tiny_cfg(optimizer="adam")
-    small, big = (shapefind.step_memory(cfg, 10, one_device, b) for b in (4, 16))
+    # batches 8 and 16: the steps find_batch probes first and the CLI test compiles (cached)
+    small, big = (shapefind.step_memory(cfg, 10, one_device, b) for b in (8, 16))
     params = vit_like_param_bytes(cfg)
     assert small.params == big.params == params
     assert 2 * params <= small.optimizer <= 2 * params + 64  # m and v, a count and the RNG
-    assert small.batch == 4 * (32 * 32 * 3 * 4 + 4)  # float32 images and int32 labels
+    assert small.batch == 8 * (32 * 32 * 3 * 4 + 4)  # float32 images and int32 labels
     assert big.temporaries > small.temporaries > 0
     assert big.peak > small.peak >= small.params + small.optimizer + small.temporaries
 
@@ -228,7 +241,7 @@ def vit_like_param_bytes(cfg):
 
 
 def test_find_batch_returns_the_largest_batch_within_the_budget(one_device):
-    cfg = tiny_cfg(optimizer="sgd")
+    cfg = tiny_cfg(optimizer="adam")  # its probes, batches 8 and 16, are the steps of the test above
     budget = shapefind.step_memory(cfg, 10, one_device, 40).peak + 1000
     found = shapefind.find_batch(cfg, 10, one_device, budget, probe=8)
     best = found.fits
@@ -266,11 +279,12 @@ def test_shapefind_cli_on_a_simulated_mesh():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     base = [sys.executable, "-m", "vistas.cli", "shapefind", "--model", "vit-Ti/8", "--image-size", "32",
             "--num-classes", "10", "--budget-bytes", str(64 * 2**20), "--json", "--set", *TINY]
-    one = subprocess.run(base + ["--batch", "8"], env=env, capture_output=True, text=True, timeout=300)
-    four = subprocess.run(base + ["--batch", "8", "--mesh", "data=1,fsdp=4"], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert one.returncode == 0 and four.returncode == 0, (one.stderr[-2000:], four.stderr[-2000:])
-    a, b = json.loads(one.stdout), json.loads(four.stdout)
+    one, four = (subprocess.Popen(base + ["--batch", "8", *mesh], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)  # side by side
+                 for mesh in ([], ["--mesh", "data=1,fsdp=4"]))
+    (a_out, a_err), (b_out, b_err) = one.communicate(timeout=300), four.communicate(timeout=300)
+    assert one.returncode == 0 and four.returncode == 0, (a_err[-2000:], b_err[-2000:])
+    a, b = json.loads(a_out), json.loads(b_out)
     assert b["mesh"] == {"data": 1, "fsdp": 4, "model": 1} and a["batch_per_device"] == 8
     ra, rb = a["candidates"][0], b["candidates"][0]
     assert rb["params"] * 4 <= ra["params"] * 1.1 and rb["optimizer"] < ra["optimizer"] / 2

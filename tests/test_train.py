@@ -31,6 +31,10 @@ from vistas.train import loop, losses
 from vistas.train import step as step_lib
 from vistas.train.metrics import MetricsWriter, read_metrics
 
+# Each run builds its own jitted step: with the session's compilation cache, runs of one
+# config (the 48-step reference, its killed, resumed and split copies) compile it once.
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+
 TOP1 = "eval/test[:1000]/top1"
 RUN48 = ["train.duration=48", "train.ckpt_every=8", "train.eval_every=48"]
 
@@ -175,14 +179,14 @@ def test_data_mesh_and_put_batch():
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def smoke_run(tmp_path_factory, compilation_cache):
     workdir = tmp_path_factory.mktemp("smoke") / "run"
     summary = loop.train(smoke(), workdir, quiet=True)
     return workdir, summary
 
 
 @pytest.fixture(scope="module")
-def run48(tmp_path_factory):
+def run48(tmp_path_factory, compilation_cache):
     """An uninterrupted 48-step run keeping the last 2 checkpoints plus every 16th."""
     workdir = tmp_path_factory.mktemp("run48") / "run"
     summary = loop.train(smoke(*RUN48, "train.keep=2", "train.keep_every=16"), workdir, quiet=True)
