@@ -117,16 +117,16 @@ def predict(workdir: str | os.PathLike, paths: Sequence[str | os.PathLike], *, t
     multi_label = cfg.train.loss == "sigmoid_xent"
     probs_fn = _probabilities(graphdef, multi_label)
     b = min(batch_size, len(files))
-    out = []
+    out, names = [], None
     for start in range(0, len(files), b):
         chunk = files[start:start + b]
         images = np.stack([transform(decode_image(f, cfg.data.channels)) for f in chunk])
         if len(chunk) < b:  # one compiled shape for every batch
             images = np.concatenate([images, np.zeros((b - len(chunk), *images.shape[1:]), images.dtype)])
         probs = np.asarray(jax.device_get(probs_fn(params, rest, images)))[: len(chunk)]
-        num_classes = probs.shape[-1]
-        names = _class_list(workdir, cfg, num_classes)
-        k = min(top_k, num_classes)
+        if names is None:  # read once, with the first batch's number of classes
+            names = _class_list(workdir, cfg, probs.shape[-1])
+        k = min(top_k, len(names))
         for f, p in zip(chunk, probs, strict=True):
             order = np.argsort(-p, kind="stable")[:k]
             out.append({"file": str(f), "top": [{"class": names[i], "index": int(i),
