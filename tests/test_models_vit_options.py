@@ -324,6 +324,41 @@ def test_compute_dtype_is_separate_from_parameter_dtype():
     np.testing.assert_allclose(logits, expect, atol=0.1 * float(jnp.abs(expect).max()))
 
 
+def test_auto_dtype_is_float32_on_cpu_and_bfloat16_on_accelerators():
+    assert vit.resolve_dtype("auto", "cpu") == "float32"
+    assert vit.resolve_dtype("auto", "gpu") == vit.resolve_dtype("auto", "tpu") == "bfloat16"
+    assert vit.resolve_dtype("float16", "gpu") == "float16"
+    assert config_lib.Config().model.dtype == "auto"
+    assert jax.default_backend() == "cpu" and tiny().encoder.norm.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("implementation", ["xla", "recompute"])
+def test_attention_paths_give_the_same_function_and_gradients(implementation):
+    ref = tiny()  # "auto": on CPU the recomputing attention
+    other = copy_into(ref, attention=implementation)
+    x = images(4)
+    np.testing.assert_allclose(run(other, x)[0], run(ref, x)[0], **TOL)
+    (la, ga), (lb, gb) = loss_and_grads(ref, x), loss_and_grads(other, x)
+    np.testing.assert_allclose(lb, la, rtol=1e-5)
+    for k in ga:
+        np.testing.assert_allclose(gb[k], ga[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_attention_functions_agree_in_bfloat16_and_with_a_map_head():
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, n, 4, 16)), jnp.bfloat16) for n in (1, 9, 9))
+    a = vit.attend(q, k, v, "recompute").astype(jnp.float32)
+    b = vit.attend(q, k, v, "xla").astype(jnp.float32)
+    np.testing.assert_allclose(a, b, atol=2e-2)
+    assert vit.attend(q, k, v).dtype == jnp.bfloat16  # "auto", queries of a MAP head
+
+
+def test_cudnn_attention_off_a_gpu_is_a_one_line_error():
+    with pytest.raises(ConfigError, match="model.attention='cudnn' needs a CUDA GPU, not the cpu") as e:
+        run(copy_into(tiny(), attention="cudnn"), images(2))
+    assert "\n" not in str(e.value)
+
+
 # ---------------------------------------------------------------------------- resolution
 
 
@@ -393,7 +428,8 @@ def test_options_reach_the_model_from_the_config():
 @pytest.mark.parametrize("options, message", [
     (dict(fused=True), "model.fused=True needs model.parallel=True"),
     (dict(gelu="relu"), "model.gelu='relu' is not known; use one of tanh, exact"),
-    (dict(dtype="float64"), "model.dtype='float64' is not known"),
+    (dict(dtype="float64"), "model.dtype='float64' is not known; use one of auto, float32"),
+    (dict(attention="flash"), "model.attention='flash' is not known; use one of auto, recompute, xla, cudnn"),
     (dict(param_dtype="int8"), "model.param_dtype='int8' is not known"),
     (dict(remat="some"), "model.remat='some' is not known; use one of none, full, dots, dots_no_batch"),
     (dict(drop_path=1.0), r"model.drop_path=1.0 must be in \[0, 1\)"),

@@ -435,3 +435,31 @@ def test_8_simulated_devices_match_1(tmp_path):
     assert "data.eval_batch_size=500" in results[8]["errors"][1]
     assert not results[8]["bad_workdir_exists"]
     assert results[1]["errors"] == []
+
+
+@requires_fashion_mnist
+@pytest.mark.slow
+def test_the_loop_never_waits_on_a_device_value_between_actions(tmp_path, monkeypatch):
+    """Every read of a device array's value (``float``, ``np.asarray``, ``device_get``) goes
+    through ``ArrayImpl._value``: a run of 3x the steps with the same actions reads exactly
+    as many values, so no step makes the host wait for the device (on an accelerator the
+    next step and the next batch's transfer are queued while one computes)."""
+    from jax._src import array as array_impl
+
+    value = array_impl.ArrayImpl.__dict__["_value"]
+    reads = [0]
+
+    def counted(self):
+        reads[0] += 1
+        return value.fget(self)
+
+    monkeypatch.setattr(array_impl.ArrayImpl, "_value", property(counted))
+    float(jnp.ones(()) + 1)
+    assert reads[0] == 1  # the counter sees a host read
+    counts = []
+    for steps in (12, 36):
+        reads[0] = 0
+        loop.train(smoke(f"train.duration={steps}", "train.log_every=1000", "train.eval_every=1000",
+                         "train.ckpt_every=1000"), tmp_path / str(steps), quiet=True)
+        counts.append(reads[0])
+    assert counts[0] == counts[1] > 0, counts

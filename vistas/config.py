@@ -97,8 +97,9 @@ class ModelConfig:
     gelu: str = "tanh"  # "tanh" approximation (big_vision) or "exact" (timm)
     representation_size: int | None = None  # tanh pre-logits layer before the head
     # ViT numerics and memory: compute dtype of matmuls, parameter dtype, remat, scan
-    dtype: str = "float32"  # or "bfloat16", "float16"
+    dtype: str = "auto"  # bfloat16 on GPUs/TPUs, float32 on CPU; or "float32", "bfloat16", "float16"
     param_dtype: str = "float32"
+    attention: str = "auto"  # cuDNN fused attention where it can run; "recompute", "xla", "cudnn"
     remat: str = "none"  # "full", "dots" or "dots_no_batch" (what each block keeps)
     scan: bool = False  # one lax.scan over stacked blocks (encoder/blocks)
 
@@ -265,6 +266,7 @@ NON_IDENTITY_KEYS = {
     "data.workers", "data.prefetch",
     "train.keep_every", "train.progress", "train.max_skipped", "data.eval_batch_size", "data.eval_splits",
     "data.data_dir", "data.calibration_split", "distill.cache_dir",
+    "model.attention",  # how attention is computed, not what: the same function, resumable
     *(f"fewshot.{f.name}" for f in dataclasses.fields(FewShotConfig)),
     # a run may resume on another mesh or placement: the same computation, laid out differently
     *(f"mesh.{f.name}" for f in dataclasses.fields(MeshConfig)),

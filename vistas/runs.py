@@ -24,6 +24,7 @@ from vistas import experiment
 from vistas.config import Config
 from vistas.errors import ConfigError, VistasError
 from vistas.files import atomic_write
+from vistas.models import vit
 from vistas.systems import mesh as mesh_lib
 
 CONFIG_FILE = "config.json"
@@ -87,13 +88,22 @@ def check_same_run(workdir: str | pathlib.Path, cfg: Config) -> None:
         for key, value in values.items():
             full = f"{section}.{key}"
             old = saved.get(section, {}).get(key, defaults[section][key])
-            if full not in config_lib.NON_IDENTITY_KEYS and old != value:
+            if full not in config_lib.NON_IDENTITY_KEYS and not _same_value(full, old, value):
                 diffs.append(f"{full}: {old!r} -> {value!r}")
     if diffs:
         raise ConfigError(
             f"{workdir} holds a checkpoint of a different run ({'; '.join(diffs[:3])}); "
             "use a new --workdir, or the same settings to resume"
         )
+
+
+def _same_value(key: str, old: Any, new: Any) -> bool:
+    """Whether a saved identity key's value and today's mean the same run: ``model.dtype``
+    "auto" is the dtype it stands for on this backend (float32 on CPU, as runs saved before
+    "auto" was the default recorded)."""
+    if key == "model.dtype" and isinstance(old, str) and isinstance(new, str):
+        return vit.resolve_dtype(old) == vit.resolve_dtype(new)
+    return old == new
 
 
 @contextlib.contextmanager

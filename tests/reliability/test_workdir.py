@@ -66,6 +66,22 @@ def test_another_runs_config_is_refused_before_any_checkpoint(tmp_path):
     assert json.loads(other)["optim"]["lr"] == 0.5
 
 
+def test_a_run_saved_with_float32_resumes_under_the_auto_dtype(tmp_path):
+    """Runs saved before ``model.dtype`` defaulted to "auto" recorded "float32", which "auto"
+    stands for on CPU: the same run. bfloat16 is not."""
+    from vistas import runs
+    from vistas.config import Config
+
+    saved = json.loads(Config().to_json())
+    saved["model"]["dtype"] = "float32"
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    runs.check_same_run(tmp_path, Config())
+    saved["model"]["dtype"] = "bfloat16"
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match=r"model.dtype: 'bfloat16' -> 'auto'"):
+        runs.check_same_run(tmp_path, Config())
+
+
 def _immutable(path) -> bool:
     """Makes ``path`` immutable (chattr +i, which binds root too); False where the
     filesystem or the tools do not allow it."""

@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sf.add_argument("--mesh", help="e.g. data=2,fsdp=4,model=1 (simulated devices; default one device)")
     sf.add_argument("--optimizer", default="adam", help="NAME[,KEY=VALUE...], e.g. adafactor_bv")
     sf.add_argument("--remat", help="none, full, dots, dots_no_batch")
-    sf.add_argument("--dtype", help="compute dtype, e.g. bfloat16")
+    sf.add_argument("--dtype", help="compute dtype: float32, bfloat16 (the default with --device: "
+                    "model.dtype=auto computes in bfloat16 on accelerators), float16")
     sf.add_argument("--image-size", type=int, default=224)
     sf.add_argument("--num-classes", type=int, default=1000)
     sf.add_argument("--batch", type=int, help="batch per device: report it (or, with --diagonal, fit models to it)")

@@ -64,6 +64,23 @@ POOLS = ("gap", "map", "tok")
 POSEMBS = ("learn", "sincos2d")
 GELUS = ("tanh", "exact")  # tanh approximation (big_vision, flax) or exact erf (timm, PyTorch)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# "auto": bfloat16 compute on accelerators (float32 parameters), float32 on CPU, whose
+# backend computes bfloat16 arithmetic in float32 anyway and gains nothing from it.
+COMPUTE_DTYPES = ("auto", *DTYPES)
+# How attention is computed (docs/models.md): "auto" takes cuDNN's fused kernel where the
+# backend, dtype and shapes allow it and "recompute" elsewhere; "recompute" is
+# ``fast_layers.attention`` (keeps q, k, v and the output, recomputes the weights in the
+# backward pass); "xla" is ``jax.nn.dot_product_attention``'s XLA path; "cudnn" insists on
+# cuDNN's fused (flash) attention and is an error where it cannot run.
+ATTENTIONS = ("auto", "recompute", "xla", "cudnn")
+ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")
+
+
+def resolve_dtype(name: str, backend: str | None = None) -> str:
+    """The compute dtype ``name`` stands for on ``backend`` (default: JAX's default backend)."""
+    if name != "auto":
+        return name
+    return "bfloat16" if (backend or jax.default_backend()) in ACCELERATORS else "float32"
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,  # recompute everything in the block
@@ -101,8 +118,9 @@ class ViTConfig:
     qkv_bias: bool = True
     norm_bias: bool = True
     gelu: str = "tanh"
-    dtype: str = "float32"
+    dtype: str = "auto"
     param_dtype: str = "float32"
+    attention: str = "auto"
     remat: str = "none"
     scan: bool = False
 
@@ -110,7 +128,8 @@ class ViTConfig:
         checks.one_of("pool", self.pool, POOLS)
         checks.one_of("posemb", self.posemb, POSEMBS)
         checks.one_of("gelu", self.gelu, GELUS)
-        checks.one_of("dtype", self.dtype, DTYPES)
+        checks.one_of("dtype", self.dtype, COMPUTE_DTYPES)
+        checks.one_of("attention", self.attention, ATTENTIONS)
         checks.one_of("param_dtype", self.param_dtype, DTYPES)
         checks.one_of("remat", self.remat, REMAT_POLICIES)
         if self.width % self.num_heads:
@@ -152,7 +171,7 @@ class ViTConfig:
 
     @property
     def compute_dtype(self) -> Any:
-        return DTYPES[self.dtype]
+        return DTYPES[resolve_dtype(self.dtype)]
 
     @property
     def params_dtype(self) -> Any:
@@ -219,13 +238,41 @@ def _layer_norm(cfg: ViTConfig, features: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
                          param_dtype=cfg.params_dtype, rngs=rngs)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str = "auto") -> jax.Array:
     """Softmax attention of [B, Nq, H, Dh] queries over [B, Nk, H, Dh] keys and values.
 
-    The softmax runs in float32 whatever the compute dtype; the backward pass recomputes the
-    attention weights instead of keeping them (``fast_layers.attention``).
+    The softmax runs in float32 whatever the compute dtype. ``implementation`` (``ATTENTIONS``):
+    "recompute" is ``fast_layers.attention``, whose backward pass recomputes the attention
+    weights instead of keeping them; "xla" and "cudnn" are ``jax.nn.dot_product_attention``'s
+    two paths; "auto" takes cuDNN's fused kernel for self-attention in 16-bit floats on a
+    GPU (where JAX accepts the shapes) and "recompute" everywhere else.
     """
-    return fast_layers.attention(q, k, v)
+    if implementation == "auto":
+        implementation = "recompute"
+        if _cudnn_candidate(q, k):
+            try:
+                return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+            except (NotImplementedError, ValueError, RuntimeError, TypeError):
+                pass  # this cuDNN, dtype or shape is not supported: the portable path
+    if implementation == "recompute":
+        return fast_layers.attention(q, k, v)
+    if implementation == "cudnn":
+        if jax.default_backend() not in ("gpu", "cuda"):
+            raise ConfigError(f"model.attention='cudnn' needs a CUDA GPU, not the "
+                              f"{jax.default_backend()} backend; use 'auto', 'recompute' or 'xla'")
+        try:
+            return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+        except (NotImplementedError, ValueError, RuntimeError, TypeError) as e:
+            raise ConfigError(f"model.attention='cudnn' cannot run here ({str(e).splitlines()[0]}); "
+                              "use 'auto', which falls back where cuDNN cannot") from None
+    return jax.nn.dot_product_attention(q, k, v, implementation="xla")
+
+
+def _cudnn_candidate(q: jax.Array, k: jax.Array) -> bool:
+    """Self-attention in bfloat16/float16 on a CUDA GPU, head size a multiple of 8 up to 128:
+    what cuDNN's fused attention takes (JAX checks the rest and may still refuse)."""
+    return (jax.default_backend() in ("gpu", "cuda") and q.dtype in (jnp.bfloat16, jnp.float16)
+            and q.shape[1] == k.shape[1] and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128)
 
 
 # Activation layouts under a device mesh (``jax.set_mesh``; no-ops without one): the batch
@@ -258,6 +305,7 @@ class Attention(nnx.Module):
             self.query_norm = _layer_norm(cfg, cfg.head_dim, rngs)
             self.key_norm = _layer_norm(cfg, cfg.head_dim, rngs)
         self.qk_norm = cfg.qk_norm
+        self.implementation = cfg.attention
 
     def __call__(self, q_in: jax.Array, kv_in: jax.Array) -> jax.Array:
         q = _heads(self.query(q_in))  # [B, Nq, H, Dh]
@@ -278,7 +326,7 @@ class Attention(nnx.Module):
     def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
         if self.qk_norm:
             q, k = self.query_norm(q), self.key_norm(k)
-        return _tokens(self.out(attend(q, k, v)))
+        return _tokens(self.out(attend(q, k, v, self.implementation)))
 
 
 class MLP(nnx.Module):
@@ -418,7 +466,7 @@ class FusedParallelBlock(nnx.Module):
         hidden = fast_layers.gelu(z[..., 3 * h * dh:], cfg.gelu == "tanh")
         if cfg.qk_norm:
             q, k = self.query_norm(q), self.key_norm(k)
-        a = attend(q, k, v).reshape(b, n, h * dh)
+        a = attend(q, k, v, cfg.attention).reshape(b, n, h * dh)
         y = self.out_proj(jnp.concatenate([a, layers.dropout(hidden, cfg.dropout, r2)], axis=-1))
         return _tokens(x + layers.drop_path(layers.dropout(y, cfg.dropout, r3), path_rate, p1))
 

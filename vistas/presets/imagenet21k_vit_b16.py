@@ -33,6 +33,7 @@ def config() -> Config:
     d.workers = 8
     m = cfg.model
     m.name, m.pool, m.posemb, m.head_bias_init = "vit-B/16", "gap", "learn", -10.0
+    m.dtype = "bfloat16"  # bfloat16 compute, float32 parameters (the accelerators' default)
     o = cfg.optim
     o.name, o.mu_dtype, o.lr, o.wd, o.grad_clip_norm = "adam", "bfloat16", 1e-3, 1e-4, 1.0
     cfg.schedule.warmup, cfg.schedule.decay = 10_000, "cosine"

@@ -31,6 +31,7 @@ def config() -> Config:
     d.workers = 8  # decoding and RandAugment processes per host
     m = cfg.model
     m.name, m.pool, m.posemb, m.representation_size = "vit-S/16", "gap", "sincos2d", 384
+    m.dtype = "bfloat16"  # bfloat16 compute, float32 parameters (the accelerators' default)
     o = cfg.optim
     o.name, o.mu_dtype, o.lr, o.wd, o.grad_clip_norm = "adam", "bfloat16", 1e-3, 1e-4, 1.0
     cfg.schedule.warmup, cfg.schedule.decay = 10_000, "cosine"

@@ -36,6 +36,7 @@ def config() -> Config:
     d.workers = 8
     m = cfg.model
     m.name, m.pool, m.head_bias_init = "vit-g/14", "gap", -10.0
+    m.dtype = "bfloat16"  # bfloat16 compute, float32 parameters (the accelerators' default)
     o = cfg.optim
     o.name, o.lr, o.b1, o.grad_clip_norm = "adafactor_bv", 8e-4, 0.9, 1.0
     o.wd, o.wd_mults = 0.03 * o.lr, [(".*head/kernel", 100.0), (".*/kernel", 1.0)]

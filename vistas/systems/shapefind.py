@@ -208,6 +208,8 @@ def run(model: str, *, device: str | None = "h100", budget: int | None = None, h
     ``model`` (or, with ``diagonal``, the largest ViT of the ladder at ``batch``) within the
     device's memory, and the memory breakdown of every candidate compiled."""
     limit = budget_bytes(device, budget, headroom)
+    if dtype is None and device is not None:
+        dtype = "bfloat16"  # what model.dtype="auto" computes in on an accelerator
     if diagonal and batch is None:
         raise ConfigError("--diagonal needs --batch (the batch per device to fit)")
 

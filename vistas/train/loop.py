@@ -33,7 +33,7 @@ from vistas.evaluate import evaluators as evaluators_lib
 from vistas.evaluate.classification import evaluate, evaluate_state, evaluate_workdir
 from vistas.experiment import Experiment, build, build_model, build_sources, init_model
 from vistas.files import advice, atomic_write, check_writable
-from vistas.models import registry
+from vistas.models import registry, vit
 from vistas.optim import builder
 from vistas.runs import final_params, load_config
 from vistas.systems import mesh as mesh_lib
@@ -129,17 +129,19 @@ def _steps(run: actions.Run, step_fn: Any, data_it: Any, frozen: Any, every: lis
     jitted, step_fn = step_fn, sharding.in_mesh(step_fn, mesh)  # the models' activation layouts
     with StopSignal() as stop:
         since = time.perf_counter()
-        batch = next(data_it) if run.step < exp.total_steps else None
+        # each batch is put on the devices as soon as it is read, so its transfer runs while
+        # the step before it computes (the step is dispatched asynchronously)
+        batch = mesh_lib.put_batch(next(data_it), mesh) if run.step < exp.total_steps else None
         if batch is not None:  # FLOPs per step, for MFU
-            run.compute = mfu.StepCompute.measure(jitted, mesh, run.state, mesh_lib.put_batch(batch, mesh),
-                                                  frozen, dtype=exp.cfg.model.dtype)
+            run.compute = mfu.StepCompute.measure(jitted, mesh, run.state, batch, frozen,
+                                                  dtype=vit.resolve_dtype(exp.cfg.model.dtype))
         xla_cpu.release_free_memory()  # what the compiler freed, before the step's buffers
         run.exclude(since)  # compilation is not training throughput
         while run.step < exp.total_steps:
-            run.state, run.metrics = step_fn(run.state, mesh_lib.put_batch(batch, mesh), frozen)
+            run.state, run.metrics = step_fn(run.state, batch, frozen)
             run.data_state = data_it.get_state()
             run.step += 1
-            batch = next(data_it) if run.step < exp.total_steps else None
+            batch = mesh_lib.put_batch(next(data_it), mesh) if run.step < exp.total_steps else None
             watch.observe(run.metrics, run.step)  # on the device: no wait
             run.stopping = stop.agreed() or (stop_after is not None and run.step >= stop_after)
             due = [action for action in every if action.due(run)]
