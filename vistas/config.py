@@ -57,6 +57,11 @@ class DataConfig:
     workers: int = 0
     prefetch: int = 2
     decode_size: int | None = None
+    # a training image that cannot be decoded: "stop" the run (one line naming the file), or
+    # "skip" it (replaced by a draw seeded by (seed, position), counted in data/skipped_images)
+    # until the skips exceed max_bad_fraction of the examples drawn (at least one epoch's worth)
+    on_bad_image: str = "stop"
+    max_bad_fraction: float = 0.01
     # a weighted training mixture instead of dataset:train_split, e.g.
     # [("fashion_mnist", "train", 3.0), ("array_record:data/extra", "train", 1.0)]
     mixture: list[tuple[str, str, float]] = dataclasses.field(default_factory=list)
@@ -264,6 +269,9 @@ class Config:
 NON_IDENTITY_KEYS = {
     "train.log_every", "train.eval_every", "train.ckpt_every", "train.keep",
     "data.workers", "data.prefetch",
+    # the batches a run trained on had no bad image, or the same replacements: a run stopped
+    # by a bad image resumes with data.on_bad_image=skip
+    "data.on_bad_image", "data.max_bad_fraction",
     "train.keep_every", "train.progress", "train.max_skipped", "data.eval_batch_size", "data.eval_splits",
     "data.data_dir", "data.calibration_split", "distill.cache_dir",
     "model.attention",  # how attention is computed, not what: the same function, resumable
@@ -503,6 +511,10 @@ def validate(cfg: Config) -> None:
     _check(d.workers >= 0 and d.prefetch >= 0,
            f"data.workers={d.workers} and data.prefetch={d.prefetch} must be >= 0")
     _check(d.decode_size is None or d.decode_size > 0, f"data.decode_size={d.decode_size} must be positive")
+    _check(d.on_bad_image in ("stop", "skip"),
+           f"data.on_bad_image={d.on_bad_image!r} is not known; use stop or skip")
+    _check(0 <= d.max_bad_fraction <= 1,
+           f"data.max_bad_fraction={d.max_bad_fraction} must be in [0, 1]")
     _check(0 <= t.ema_decay < 1, f"train.ema_decay={t.ema_decay} must be in [0, 1) (0: no EMA)")
     _check(t.grad_accum_steps >= 1 and d.batch_size % t.grad_accum_steps == 0,
            f"train.grad_accum_steps={t.grad_accum_steps} must be >= 1 and divide "

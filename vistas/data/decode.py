@@ -7,7 +7,8 @@ shards and Parquet files (`decode_bytes`), and the checks of every image by `vis
 - an image of more than `MAX_IMAGE_PIXELS` pixels (width x height as its header claims) is
   refused before it is decoded: a small file claiming a huge size (a "decompression bomb")
   would otherwise take all memory;
-- any decoder failure is a one-line DataError naming where the image is;
+- any decoder failure is a one-line `BadImage` (a DataError) naming where the image is;
+  training's `data.on_bad_image` (vistas.data.pipeline) decides whether it stops the run;
 - any PIL mode (gray, gray+alpha, RGBA, palette, CMYK, 16-bit, float) becomes 1 or 3 uint8
   channels as PIL's own conversion gives them (`pil_to_array`).
 """
@@ -23,6 +24,12 @@ from vistas.errors import DataError
 
 # Images with more pixels are refused before they are decoded. 2^26 is 8192 x 8192.
 MAX_IMAGE_PIXELS = 1 << 26
+
+
+class BadImage(DataError):
+    """An image that cannot be decoded, or is refused past the pixel limit; the message
+    names where it is. Only the decoder raises it, so a caller that may replace a bad
+    example (``data.on_bad_image=skip``) catches exactly these and nothing else."""
 
 
 def pil_to_array(img, channels: int) -> np.ndarray:
@@ -59,17 +66,17 @@ def _decode(file, where, channels: int, draft_size: int | None, max_pixels: int 
         with Image.open(file) as img:
             w, h = img.size
             if w * h > limit:
-                raise DataError(f"image {where} is {w}x{h} = {w * h:,} pixels, more than the limit "
+                raise BadImage(f"image {where} is {w}x{h} = {w * h:,} pixels, more than the limit "
                                 f"of {limit:,} (vistas.data.decode.MAX_IMAGE_PIXELS); refused as a "
                                 "possible decompression bomb")
             if draft_size and img.format == "JPEG":
                 img.draft("RGB" if channels == 3 else "L", (draft_size, draft_size))
             img.load()  # decodes fully: truncated or corrupt files fail here
             return pil_to_array(img, channels) if to_array else None
-    except DataError:
+    except BadImage:
         raise
     except Exception as e:  # any decoder failure means a bad image
-        raise DataError(f"cannot decode image {where}: {str(e) or type(e).__name__}") from None
+        raise BadImage(f"cannot decode image {where}: {str(e) or type(e).__name__}") from None
 
 
 def decode_image(path: str | os.PathLike, channels: int = 3, max_pixels: int | None = None) -> np.ndarray:
@@ -99,5 +106,5 @@ def verify_image(path: str | os.PathLike, max_pixels: int | None = None) -> None
     _decode(path, path, 3, None, max_pixels, False)
 
 
-__all__ = ["MAX_IMAGE_PIXELS", "decode_bytes", "decode_image", "pil_to_array", "verify_bytes",
+__all__ = ["MAX_IMAGE_PIXELS", "BadImage", "decode_bytes", "decode_image", "pil_to_array", "verify_bytes",
            "verify_image"]

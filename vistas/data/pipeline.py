@@ -5,6 +5,13 @@ the source drawn from (seed, e), and the example at global position i is augment
 RNG drawn from (seed, i). Global batch k holds positions [k * B, (k + 1) * B); process p reads
 the p-th contiguous slice of it. So batch k is a pure function of (seed, k, B): resuming only
 needs k, and neither the data nor the augmentation depends on the number of processes.
+
+An image that cannot be decoded (`vistas.data.decode.BadImage`) stops the run by default
+(``on_bad_image="stop"``). With ``"skip"`` the example at global position i is replaced by
+another one drawn at random from the source with an RNG drawn from (seed, i), drawing again
+while the draw is bad too: a pure function of (seed, i) and the files, so batch k stays a
+pure function of (seed, k, B). Each bad image met counts as one skip; the iterator keeps the
+cumulative count in its state (``skipped_images``), so it survives a resume.
 """
 
 from __future__ import annotations
@@ -17,9 +24,20 @@ from collections.abc import Callable, Iterator
 import grain
 import numpy as np
 
+from vistas.data.decode import BadImage
 from vistas.errors import DataError
 
 STATE_VERSION = 1
+BAD_IMAGE_POLICIES = ("stop", "skip")
+# bad draws in a row for one example after which the source is taken to be unreadable
+MAX_REDRAWS = 16
+# batch entries that carry the skips of a batch from the workers to the iterator (never to the device)
+_SKIPPED, _BAD = "_skipped_images", "_bad_image"
+# what to do about a bad image met by an evaluation pass, or by training under on_bad_image=stop
+EVAL_HINT = ("a pass over a whole split (evaluation) needs every image, whatever data.on_bad_image "
+             "says: replace or remove it; `vistas data verify PATH` lists every bad image")
+STOP_HINT = ("`vistas data verify PATH` lists every bad image; --set data.on_bad_image=skip replaces "
+             "bad images in training batches (docs/reliability.md)")
 
 
 def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
@@ -49,7 +67,7 @@ class _TrainBatches:
     """Global step k -> this process's slice of global batch k (thread-safe, pure in k)."""
 
     def __init__(self, source, transform, *, seed, global_batch_size, local_batch_size,
-                 process_index, shuffle, extra_keys=()):
+                 process_index, shuffle, extra_keys=(), on_bad_image="stop"):
         self.source = source
         self.transform = transform
         self.extra_keys = tuple(extra_keys)
@@ -60,6 +78,8 @@ class _TrainBatches:
         self.shuffle = shuffle
         self.shuffle_key = _derive_key(seed, 0)
         self.aug_key = _derive_key(seed, 1)
+        self.replace_key = _derive_key(seed, 2)
+        self.on_bad_image = on_bad_image
         self._perms: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -113,8 +133,16 @@ class _TrainBatches:
             indices = offsets
         source, transform = self.source, self.transform
         images, labels, extras = [], [], []
+        skipped, first_bad = 0, ""
         for position, i in zip(range(start, start + self.b), indices.tolist(), strict=True):
-            example = source[i]
+            try:
+                example = source[i]
+            except BadImage as e:
+                if self.on_bad_image != "skip":
+                    raise BadImage(f"{e}; {STOP_HINT}") from None
+                example, bad = self.replacement(position)
+                skipped += bad
+                first_bad = first_bad or str(e)
             images.append(transform(example["image"], self.rng_at(position)))
             labels.append(example["label"])
             extras.append([example[k] for k in self.extra_keys])
@@ -125,7 +153,23 @@ class _TrainBatches:
         batch["label"] = np.asarray(labels, np.int32)
         for j, k in enumerate(self.extra_keys):
             batch[k] = np.stack([e[j] for e in extras])
+        if self.on_bad_image == "skip":
+            batch[_SKIPPED] = np.asarray(skipped, np.int64)
+            batch[_BAD] = np.asarray(first_bad)
         return batch
+
+    def replacement(self, position: int) -> tuple[dict, int]:
+        """The example that stands in for the bad one at global ``position``, drawn from
+        (seed, position), and the number of bad images met (the one replaced included)."""
+        rng = np.random.Generator(np.random.Philox(key=self.replace_key, counter=[0, 0, position, 0]))
+        for bad in range(1, MAX_REDRAWS + 1):
+            try:
+                return self.source[int(rng.integers(self.n))], bad
+            except BadImage as e:
+                last = e
+        raise DataError(f"{MAX_REDRAWS + 1} images in a row cannot be decoded (the last: {last}); the "
+                        "data looks unreadable, so data.on_bad_image=skip stops here; `vistas data "
+                        "verify PATH` lists every bad image")
 
 
 class TrainIterator:
@@ -134,6 +178,9 @@ class TrainIterator:
 
     `get_state()` is a small JSON-serialisable dict; `set_state(s)` makes the next batches those
     that followed when `s` was taken (also with another process count, same global batch).
+
+    `skipped_images` counts the bad images this process met in the batches it has yielded
+    (``on_bad_image="skip"``; part of the state), `last_bad_image` names the latest one.
     """
 
     def __init__(self, batches: grain.MapDataset, *, fingerprint: dict,
@@ -145,9 +192,12 @@ class TrainIterator:
         self._read_options = read_options
         self._step = 0
         self._it = None
+        self.skipped_images = 0
+        self.last_bad_image = ""
         self.steps_per_epoch = steps_per_epoch  # len(source) / global_batch_size
         self.batch_size = batch_size  # per process
         self.global_batch_size = fingerprint["global_batch_size"]
+        self.num_examples = fingerprint["num_examples"]  # of the source
 
     @property
     def step(self) -> int:
@@ -173,10 +223,17 @@ class TrainIterator:
                 self._it.set_state({"next_index": self._step})
         batch = next(self._it)
         self._step += 1
+        if _SKIPPED in batch:  # data.on_bad_image=skip: host-side counts, not for the device
+            batch = dict(batch)
+            skipped, bad = int(batch.pop(_SKIPPED)), str(batch.pop(_BAD))
+            if skipped:
+                self.skipped_images += skipped
+                self.last_bad_image = bad
         return batch
 
     def get_state(self) -> dict:
-        return {"version": STATE_VERSION, "step": self._step, **self._fingerprint}
+        return {"version": STATE_VERSION, "step": self._step, **self._fingerprint,
+                "skipped_images": self.skipped_images}
 
     def set_state(self, state: dict) -> None:
         step = state.get("step") if isinstance(state, dict) else None
@@ -189,8 +246,12 @@ class TrainIterator:
                     f"data iterator state has {key}={state.get(key)!r} but this pipeline has "
                     f"{key}={value!r}; resume with the same data, seed and global batch size"
                 )
+        skipped = state.get("skipped_images", 0)  # absent from states of older versions
+        if not isinstance(skipped, (int, np.integer)) or skipped < 0:
+            raise DataError(f"not a data iterator state (version {STATE_VERSION}): {state!r}")
         self.close()
         self._step = int(step)
+        self.skipped_images = int(skipped)
 
     def close(self) -> None:
         """Stops the prefetch threads; iterating again restarts them at the current step."""
@@ -212,6 +273,7 @@ def train_iterator(
     prefetch: int = 2,
     workers: int = 0,
     extra_keys: tuple[str, ...] = (),
+    on_bad_image: str = "stop",
 ) -> TrainIterator:
     """Infinite, deterministic, resumable training batches for this process.
 
@@ -224,18 +286,23 @@ def train_iterator(
 
     A transform may return a dict of several views (each key becomes a batch entry, one of
     them "image"); `extra_keys` are example fields stacked into the batch as they are.
+
+    `on_bad_image`: "stop" (a `BadImage` ends iteration with one line naming the file) or
+    "skip" (the example is replaced, deterministically; see the module's docstring).
     """
     b = _local_batch_size(global_batch_size, process_index, process_count)
     n = len(source)
     if n == 0:
         raise DataError("the training source has no examples")
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise DataError(f"on_bad_image={on_bad_image!r} is not known; use one of {', '.join(BAD_IMAGE_POLICIES)}")
     if num_threads < 0 or prefetch < 0 or workers < 0:
         raise DataError(f"num_threads, prefetch and workers must be >= 0, got {num_threads}, "
                         f"{prefetch}, {workers}")
 
     make_batch = _TrainBatches(
         source, transform, seed=seed, global_batch_size=global_batch_size, local_batch_size=b,
-        process_index=process_index, shuffle=shuffle, extra_keys=extra_keys)
+        process_index=process_index, shuffle=shuffle, extra_keys=extra_keys, on_bad_image=on_bad_image)
     ds = grain.MapDataset.range(sys.maxsize).map(make_batch)  # element k = global step k
     read_options = _read_options(num_threads, prefetch)
     fingerprint = {"seed": int(seed), "global_batch_size": int(global_batch_size),
@@ -268,6 +335,9 @@ def eval_batches(
     """One pass over `source`: `{"image", "label", "mask"}` batches of `global_batch_size //
     process_count`; `mask` is False on padding. Every example is seen exactly once across
     processes, and every process yields `num_eval_batches(len(source), global_batch_size)` batches.
+
+    An image that cannot be decoded stops the pass whatever ``data.on_bad_image`` says: a
+    metric over part of a split is not that split's metric.
     """
     b = _local_batch_size(global_batch_size, process_index, process_count)
     n = len(source)
@@ -282,7 +352,10 @@ def eval_batches(
         images, labels = [], []
         for i in idx:
             if i < n:
-                example = source[i]
+                try:
+                    example = source[i]
+                except BadImage as e:
+                    raise BadImage(f"{e}; {EVAL_HINT}") from None
                 images.append(transform(example["image"]))
                 labels.append(example["label"])
             else:

@@ -13,7 +13,9 @@ device values, so steps where nothing is due never wait for the device.
 
 Before any action runs, the loop checks the non-finite watch (:class:`NonfiniteWatch`):
 the step of the first non-finite loss, gradient or update is recorded on the device, so
-the run stops at exactly that step no matter how rarely it looks.
+the run stops at exactly that step no matter how rarely it looks. Under
+``data.on_bad_image=skip`` it then checks the bad-image watch (:class:`BadImageWatch`):
+the images skipped so far (``data/skipped_images`` in the log rows) against their cap.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from vistas.errors import VistasError
+from vistas.errors import DataError, VistasError
 from vistas.evaluate.evaluators import Evaluator
 from vistas.train import step as step_lib
 
@@ -54,6 +57,7 @@ class Run:
     results: dict = dataclasses.field(default_factory=dict)  # the last evaluation, for the summary
     stopping: bool = False
     compute: Any = None  # FLOPs per step (MFU), when measured
+    skipped_images: int | None = None  # bad images skipped so far, all processes (on_bad_image=skip)
     tick: float = dataclasses.field(default_factory=time.perf_counter)
     tick_step: int = 0
     excluded: float = 0.0  # seconds since ``tick`` spent outside training steps
@@ -135,6 +139,8 @@ class LogMetrics:
         if run.compute is not None:
             row.update(run.compute.metrics(steps_per_sec))
         row["train/epoch"] = run.step / run.exp.steps_per_epoch
+        if run.skipped_images is not None:
+            row["data/skipped_images"] = run.skipped_images
         run.tick, run.tick_step, run.excluded = now, run.step, 0.0
         run.writer.write(run.step, row)
         eta = (run.exp.total_steps - run.step) / max(steps_per_sec, 1e-9)
@@ -220,5 +226,41 @@ class NonfiniteWatch:
             self.reported_skips = skipped
 
 
-__all__ = ["Action", "Checkpoint", "Evaluate", "Evaluator", "LogMetrics", "NonfiniteWatch", "Run",
+class BadImageWatch:
+    """Under ``data.on_bad_image=skip``: the training images skipped so far, counted by the
+    data iterator of each process as it hands out batches and kept in its checkpointed
+    state. ``check`` (before the actions, when any is due) puts the count of all processes
+    in ``run.skipped_images`` (one all-gather on several processes; none on one), says when
+    it grew, and raises a one-line :class:`DataError` once it is more than
+    ``max_fraction`` of the examples drawn, counted over at least one epoch (so a bad image
+    early in a run is not a large fraction of a few batches)."""
+
+    def __init__(self, data_it: Any, max_fraction: float):
+        self.data_it, self.max_fraction = data_it, max_fraction
+        self.reported = data_it.skipped_images  # restored with the data state: said before
+
+    def count(self, run: Run) -> int:
+        local = int((run.data_state or {}).get("skipped_images", 0))
+        if jax.process_count() == 1:
+            return local
+        from jax.experimental import multihost_utils
+
+        return int(np.sum(multihost_utils.process_allgather(np.array([local], np.int32))))
+
+    def check(self, run: Run) -> None:
+        skipped = run.skipped_images = self.count(run)
+        n, drawn = self.data_it.num_examples, run.step * self.data_it.global_batch_size
+        latest = f"; the latest: {self.data_it.last_bad_image}" if self.data_it.last_bad_image else ""
+        if skipped > self.max_fraction * max(drawn, n):
+            of = f"the {drawn:,} examples drawn" if drawn >= n else f"one epoch ({n:,} examples)"
+            raise DataError(f"{skipped:,} bad image{'s' * (skipped != 1)} skipped by step {run.step}, more than "
+                            f"data.max_bad_fraction={self.max_fraction:g} of {of}{latest}; "
+                            "`vistas data verify PATH` lists every bad image")
+        if skipped > self.reported:
+            run.progress.print(f"step {run.step}: {skipped:,} bad image{'s' * (skipped != 1)} skipped so far "
+                               f"(data.on_bad_image=skip){latest}")
+        self.reported = skipped
+
+
+__all__ = ["Action", "BadImageWatch", "Checkpoint", "Evaluate", "Evaluator", "LogMetrics", "NonfiniteWatch", "Run",
            "TrainingDiverged", "evaluations"]

@@ -90,9 +90,11 @@ def _session(cfg: Config, workdir: pathlib.Path, mesh: Any, stop_after: int | No
              *actions.evaluations(evaluators),
              actions.Checkpoint(exp.every(t.ckpt_every, "train.ckpt_every"), t.keep_every)]
     _announce(cfg, exp, start, say)
+    images = (actions.BadImageWatch(data_it, cfg.data.max_bad_fraction)
+              if cfg.data.on_bad_image == "skip" else None)
     try:
         _steps(run, step_fn, data_it, task.frozen, every, actions.NonfiniteWatch(t.nonfinite, t.max_skipped),
-               stop_after)
+               stop_after, images)
         if not run.results and run.last:  # a finished run, asked again
             for ev in evaluators:
                 run.results.update(ev.fn(run.state)[0] if ev.summary else {})
@@ -123,7 +125,8 @@ def _close(*parts: Any) -> None:
 
 
 def _steps(run: actions.Run, step_fn: Any, data_it: Any, frozen: Any, every: list,
-           watch: actions.NonfiniteWatch, stop_after: int | None) -> None:
+           watch: actions.NonfiniteWatch, stop_after: int | None,
+           images: actions.BadImageWatch | None = None) -> None:
     """Steps until the end of training or a stop; after each, the actions that are due."""
     exp, mesh = run.exp, run.mesh
     jitted, step_fn = step_fn, sharding.in_mesh(step_fn, mesh)  # the models' activation layouts
@@ -147,6 +150,8 @@ def _steps(run: actions.Run, step_fn: Any, data_it: Any, frozen: Any, every: lis
             due = [action for action in every if action.due(run)]
             if due:
                 watch.check(run)  # a non-finite step ends the run before anything is written
+                if images is not None:  # and so do too many bad images (data.on_bad_image=skip)
+                    images.check(run)
             for action in due:
                 action(run)
             if due and not run.stopping and stop.agreed():  # a signal during the actions
@@ -180,7 +185,7 @@ def _data_iterator(cfg: Config, task: task_lib.Task) -> Any:
     return pipeline.train_iterator(
         source, global_batch_size=d.batch_size, seed=cfg.train.seed, transform=transform,
         process_index=jax.process_index(), process_count=jax.process_count(), extra_keys=task.extra_keys,
-        workers=d.workers, prefetch=d.prefetch)
+        workers=d.workers, prefetch=d.prefetch, on_bad_image=d.on_bad_image)
 
 
 def _initial_state(cfg: Config, exp: Experiment, mesh: Any, *, fresh: bool) -> tuple[dict, Any]:
