@@ -1,11 +1,12 @@
 """The ``vistas`` command.
 
     vistas train --preset NAME --workdir DIR [--set key.path=value ...]
+    vistas train --config FILE.toml|FILE.py [--preset NAME] --workdir DIR [--set ...]
     vistas distill --preset NAME --workdir DIR --set distill.teachers=[RUN, ...] [distill.mode=...]
     vistas evaluate --workdir DIR [--splits test ...] [--step N]
     vistas predict --workdir DIR IMAGE_OR_FOLDER ... [--top-k 5] [--json]
     vistas models [--json] [--image-size 224] [--num-classes 1000]
-    vistas presets [--json]
+    vistas presets [--json] | vistas presets show NAME [--format toml|json]
     vistas data list [--json] | vistas data fetch NAME
     vistas fewshot --workdir DIR [--datasets NAME ...] [--shots 1,5,10,25] [--seeds 3]
     vistas finetune --from DIR --dataset NAME [--resolution R] [--steps N] [--workdir OUT]

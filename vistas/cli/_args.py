@@ -34,3 +34,12 @@ def overrides(args: argparse.Namespace) -> list[str]:
     """The ``KEY=VALUE`` strings of every ``--set`` (an option given with ``action="append"``
     and ``nargs="+"``), in order."""
     return [s for group in args.set for s in group]
+
+
+def add_config_file(p: argparse.ArgumentParser) -> None:
+    """``--config FILE``: a run config in a file (``vistas.config_files``), on top of
+    ``--preset`` when both are given."""
+    p.add_argument("--config", metavar="FILE",
+                   help="a config file: .toml (`vistas presets show NAME --format toml` writes one), "
+                   ".py defining config() or .json; keys it leaves out keep the --preset's values "
+                   "when --preset is given, else Config()'s defaults; --set applies on top")

@@ -5,19 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 
-from vistas.cli._args import overrides
+from vistas.cli._args import add_config_file, overrides
 
 
 def run(args: argparse.Namespace) -> int:
-    from vistas import presets
+    from vistas import config_files
     from vistas.errors import ConfigError
     from vistas.optim import memory
 
     sets = overrides(args)
-    if bool(args.model) == bool(args.preset):
-        raise ConfigError("give either --model VARIANT [...] or --preset NAME")
-    if args.preset:
-        cfg = presets.get(args.preset)
+    if bool(args.model) == bool(args.preset or args.config):
+        raise ConfigError("give either --model VARIANT [...] or --preset NAME / --config FILE")
+    if args.preset or args.config:
+        cfg = config_files.build(args.preset, args.config)
         rows = [memory.preset_memory(cfg, o, sets, exact=args.exact)
                 for o in (args.optimizer or memory.STANDARD)]
     else:
@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     om = sub.add_parser("optim-memory", help="optimizer state bytes per parameter (abstract)")
     om.add_argument("--model", nargs="+", help="e.g. vit-B/16 vit-L/16")
     om.add_argument("--preset", help="measure the model (and optimizer settings) of a preset")
+    add_config_file(om)
     om.add_argument("--optimizer", nargs="*", metavar="NAME[,KEY=VALUE]",
                     help="e.g. adam adam,mu_dtype=bfloat16 adafactor_bv shampoo sgd (default)")
     om.add_argument("--set", action="append", nargs="+", default=[], metavar="KEY=VALUE",

@@ -4,6 +4,8 @@ A spec is a TOML file (or a named sweep preset, ``vistas.scaling.presets``) such
 
     name = "my_sweep"
     preset = "fashion_mnist_vit"          # the run preset every member starts from
+    # config = "base.toml"                # or a config file (.toml/.json, vistas.config_files),
+    #                                     # relative to the spec; on top of preset if both
     set = ["data.batch_size=64"]          # shared overrides (vistas train --set syntax)
     data_sizes = [1000, 5000, "full"]     # seeded subsets of the train split
     budgets = [250, 500, 1000]            # training steps of each member
@@ -29,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import re
 import tomllib
@@ -38,7 +41,7 @@ from typing import Any
 from vistas.errors import ConfigError
 
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_KEYS = ("name", "preset", "set", "models", "data_sizes", "budgets", "cooldown")
+_KEYS = ("name", "preset", "config", "set", "models", "data_sizes", "budgets", "cooldown")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,15 +82,20 @@ class Group:
 @dataclasses.dataclass(frozen=True)
 class SweepSpec:
     name: str
-    preset: str
+    preset: str | None
     set: tuple[str, ...]
     models: tuple[ModelSpec, ...]
     data_sizes: tuple[int | None, ...]
     budgets: tuple[int, ...]
     cooldown: float  # 0: dedicated runs
+    config: str | None = None  # a config file (absolute path) the members start from
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        if self.config is None:  # the sweep.json of a spec without one stays as it was
+            del d["config"]
+        if self.preset is None:
+            del d["preset"]
         d["models"] = [{"name": m.name, "set": list(m.set)} for m in self.models]
         d["data_sizes"] = ["full" if n is None else n for n in self.data_sizes]
         d["set"], d["budgets"] = list(self.set), list(self.budgets)
@@ -137,24 +145,40 @@ def _positive_ints(value: Any, key: str, where: str, *, full: bool = False) -> l
     return value
 
 
-def from_dict(d: Any, where: str = "") -> SweepSpec:
-    """Validates a parsed spec; every problem is one line naming the bad value."""
+def _config_file(value: Any, where: str, root: pathlib.Path | None) -> str:
+    """The absolute path of a spec's ``config`` file, relative to ``root`` (the spec's folder)."""
+    if not isinstance(value, str) or pathlib.Path(value).suffix not in (".toml", ".json"):
+        raise _fail(where, f"config={value!r} must name a .toml or .json config file "
+                           "(a sweep runs no code from its spec)")
+    path = pathlib.Path(value).expanduser()
+    path = pathlib.Path(os.path.abspath(root / path if root is not None else path))  # no ".."
+    if not path.is_file():
+        raise _fail(where, f"config={value!r}: {path} does not exist")
+    return str(path)
+
+
+def from_dict(d: Any, where: str = "", root: str | pathlib.Path | None = None) -> SweepSpec:
+    """Validates a parsed spec; every problem is one line naming the bad value. A relative
+    ``config`` path is taken from ``root`` (the spec file's folder; default: here)."""
     where = where or "<dict>"
     if not isinstance(d, dict):
         raise _fail(where, "must be a table of name, preset, set, models, data_sizes, budgets, cooldown")
     unknown = sorted(set(d) - set(_KEYS))
     if unknown:
         raise _fail(where, f"unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(_KEYS)}")
-    for key in ("name", "preset", "models", "data_sizes", "budgets"):
+    for key in ("name", "models", "data_sizes", "budgets"):
         if key not in d:
             raise _fail(where, f"missing {key!r}")
-    name, preset = d["name"], d["preset"]
+    if "preset" not in d and "config" not in d:
+        raise _fail(where, "missing 'preset' (or 'config', a config file)")
+    name, preset = d["name"], d.get("preset")
     if not isinstance(name, str) or not _LABEL.fullmatch(name):
         raise _fail(where, f"name={name!r} must be a word of letters, digits, '_', '-', '.'")
     from vistas import presets
 
-    if not isinstance(preset, str) or preset not in presets.names():
+    if "preset" in d and (not isinstance(preset, str) or preset not in presets.names()):
         raise _fail(where, f"preset={preset!r} is not a run preset; known: {', '.join(presets.names())}")
+    config = _config_file(d["config"], where, pathlib.Path(root) if root else None) if "config" in d else None
     models = d["models"]
     if not isinstance(models, list) or not models or not all(isinstance(m, dict) for m in models):
         raise _fail(where, "models must be a non-empty list of tables [[models]] with name and set")
@@ -179,7 +203,7 @@ def from_dict(d: Any, where: str = "") -> SweepSpec:
         raise _fail(where, f"cooldown={cooldown!r} must be a fraction in [0, 1) (0: dedicated runs)")
     spec = SweepSpec(name, preset, _str_list(d.get("set", []), "set", where), tuple(model_specs),
                      tuple(None if n == "full" else n for n in sizes), tuple(sorted(budgets)),
-                     float(cooldown))
+                     float(cooldown), config)
     for m in spec.members():
         if m.branch_step is not None and not (m.branch_step >= 1 and m.cooldown_steps >= 1):
             raise _fail(where, f"budget {m.budget} with cooldown={cooldown} leaves no steps before "
@@ -201,7 +225,7 @@ def load(spec: str | pathlib.Path) -> SweepSpec:
             d = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
             raise ConfigError(f"sweep spec {path} is not valid {path.suffix[1:].upper()}: {e}") from None
-        return from_dict(d, str(path))
+        return from_dict(d, str(path), root=path.parent)
     from vistas.scaling import presets
 
     return from_dict(presets.get(str(spec)), f"preset {spec}")
@@ -213,12 +237,10 @@ def _overrides(spec: SweepSpec, model: ModelSpec, data_size: int | None) -> list
 
 
 def _base(spec: SweepSpec, model: ModelSpec, data_size: int | None, extra: list[str]) -> Any:
-    from vistas import config as config_lib
-    from vistas import presets
+    from vistas import config_files
 
-    cfg = presets.get(spec.preset)
     try:
-        return config_lib.apply_overrides(cfg, _overrides(spec, model, data_size) + extra)
+        return config_files.build(spec.preset, spec.config, _overrides(spec, model, data_size) + extra)
     except ConfigError as e:
         raise ConfigError(f"sweep {spec.name}, model {model.name}: {e}") from None
 
