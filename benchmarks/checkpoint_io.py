@@ -9,7 +9,9 @@ training loop is blocked by ``save`` (the copy to host memory; the write continu
 background), the time until the checkpoint is committed on disk (``wait``), and the restore
 time; MiB/s relative to the state's size. The baseline in the same run writes the same
 arrays with ``numpy.save`` into one file each and reads them back (the disk's plain
-throughput with no checkpoint format), and the table gives vistas / baseline.
+throughput with no checkpoint format), and the table gives vistas / baseline. The digests
+a checkpoint records of its arrays (``vistas.checkpoint.array_digests``) are timed alone,
+and the same save is timed once more per repeat without them: their cost.
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ def main() -> None:
     print(f"{args.model}: state of {mib:.0f} MiB in {len(leaves)} arrays")
     root = pathlib.Path(args.dir)
     shutil.rmtree(root, ignore_errors=True)
-    times: dict[str, list[float]] = {k: [] for k in ("blocked", "committed", "restore", "np_save", "np_load")}
+    times: dict[str, list[float]] = {k: [] for k in ("blocked", "committed", "restore", "np_save", "np_load",
+                                                     "digests", "blocked_plain", "committed_plain")}
+    checkpoint.array_digests(state)  # compiled once, as in a run's first save
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
     for r in range(args.repeats):
         ck = checkpoint.Checkpointer(root / f"orbax_{r}", keep=1)
@@ -88,12 +92,30 @@ def main() -> None:
         times["np_load"].append(t2 - t1)
         shutil.rmtree(root / f"orbax_{r}")
         shutil.rmtree(npdir)
+        t0 = time.perf_counter()
+        checkpoint.array_digests(state)
+        times["digests"].append(time.perf_counter() - t0)
+        digests, checkpoint.array_digests = checkpoint.array_digests, lambda tree: {}
+        try:  # the same save without digests
+            ck = checkpoint.Checkpointer(root / f"plain_{r}", keep=1)
+            t0 = time.perf_counter()
+            ck.save(1, state, {"epoch": 1})
+            t1 = time.perf_counter()
+            ck.wait()
+            times["blocked_plain"].append(t1 - t0)
+            times["committed_plain"].append(time.perf_counter() - t0)
+            ck.close()
+        finally:
+            checkpoint.array_digests = digests
+        shutil.rmtree(root / f"plain_{r}")
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n| {args.model} state, {mib:.0f} MiB | seconds, median (min-max) | MiB/s | vs numpy baseline |")
     print("| --- | ---: | ---: | ---: |")
     rows = [("save: loop blocked", "blocked", None), ("save: committed on disk", "committed", "np_save"),
-            ("restore", "restore", "np_load"), ("baseline numpy.save", "np_save", None),
-            ("baseline numpy.load", "np_load", None)]
+            ("restore (digests checked)", "restore", "np_load"), ("baseline numpy.save", "np_save", None),
+            ("baseline numpy.load", "np_load", None), ("digests of the state alone", "digests", None),
+            ("save without digests: loop blocked", "blocked_plain", None),
+            ("save without digests: committed", "committed_plain", None)]
     for label, key, base in rows:
         ratio = f"{med[base] / med[key]:.2f}x" if base else ""
         print(f"| {label} | {spread(times[key])} | {mib / med[key]:.0f} | {ratio} |")

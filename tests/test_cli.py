@@ -55,7 +55,7 @@ def test_each_subcommand_module_holds_its_parser_and_handler():
         assert sp.get_default("fn") is module.run, name
     assert list(sub.choices) == ["train", "distill", "evaluate", "predict", "models", "presets", "data",
                                  "optim-memory", "shapefind", "cooldown", "fewshot", "finetune",
-                                 "convert", "sweep", "fit"]
+                                 "convert", "export", "sweep", "fit", "ckpt"]
 
 
 def test_help_of_the_module_entry_point():

@@ -52,7 +52,7 @@ def packed_with_records(tmp_path, records: list[bytes]):
     writer.close()
     manifest = json.loads((packed / "manifest.json").read_text())
     manifest["splits"]["train"]["shards"][0]["bytes"] = shard.stat().st_size
-    (packed / "manifest.json").write_text(json.dumps(manifest))
+    (packed / "manifest.json").write_text(json.dumps(shards.seal_manifest(manifest)))  # its checksum too
     return packed, shard
 
 

@@ -249,3 +249,81 @@ def test_verify_an_image_folder_lists_every_bad_image(tmp_path, capsys):
     shards.pack(root, tmp_path / "packed", workers=1)
     assert cli.main(["data", "verify", str(tmp_path / "packed")]) == 0
     assert "(checksums match)" in capsys.readouterr().out
+
+
+def _edit(path: pathlib.Path, change) -> None:
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest, indent=1))
+
+
+def test_a_hand_edited_manifest_is_refused_and_an_old_one_still_loads(folder, tmp_path, capsys):
+    """The manifest carries a SHA-256 of its own content (``manifest_sha256``, everything
+    but itself, in a canonical form): an edit of ``num_classes``, a record count or a class
+    name is one line from ``vistas data verify`` and from the training source; reformatting
+    alone is not an edit. A manifest written before the checksum (none) still loads; verify
+    says it has none, and the counts it holds are still checked against each other."""
+    from vistas import cli
+
+    packed = tmp_path / "packed"
+    manifest = shards.pack(folder, packed, examples_per_shard=8, workers=1)
+    path = packed / shards.MANIFEST
+    original = path.read_text()
+    assert json.loads(original)["manifest_sha256"] == manifest["manifest_sha256"]
+    path.write_text(json.dumps(json.loads(original), indent=4, sort_keys=True))  # reformatted
+    assert shards.verify(packed) == {"test": 7, "train": 21}
+
+    def set_classes(m):
+        m["num_classes"] = 2
+
+    def set_records(m):
+        m["splits"]["train"]["shards"][0]["num_records"] += 1
+        m["splits"]["train"]["num_examples"] += 1
+
+    def swap_names(m):
+        m["class_names"] = m["class_names"][::-1]
+
+    for change in (set_classes, set_records, swap_names):
+        path.write_text(original)
+        _edit(path, change)
+        with pytest.raises(DataError) as e:
+            shards.verify(packed)
+        msg = str(e.value)
+        assert "\n" not in msg and f"{path} does not match its own checksum" in msg, msg
+        with pytest.raises(DataError, match="does not match its own checksum"):
+            sources.load_source("array_record", "train", path=packed)
+        assert cli.main(["data", "verify", str(packed)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "does not match its own checksum" in err, err
+    path.write_text(original)
+    _edit(path, lambda m: m.update(manifest_sha256="0" * 64))
+    with pytest.raises(DataError, match="does not match its own checksum"):
+        shards.verify(packed)
+
+    # written before manifests had a checksum: loads, and verify says so
+    path.write_text(original)
+    _edit(path, lambda m: m.pop("manifest_sha256"))
+    logs = []
+    assert shards.verify(packed, log=logs.append) == {"test": 7, "train": 21}
+    assert any("has no checksum of its own" in line for line in logs), logs
+    _same_as_folder(packed, folder, "train")
+    assert cli.main(["data", "verify", str(packed)]) == 0
+    assert "has no checksum of its own" in capsys.readouterr().out
+    # ... and its counts are still checked against each other and the labels
+    for change, culprit in ((set_classes, "num_classes 2 but 3 class names"),
+                            (set_records, r"train-00000-of-00003.array_record holds 8 records, the manifest says 9"),
+                            (lambda m: m["splits"]["train"]["shards"][0].update(num_records=9),
+                             "train has num_examples 21 but its shards hold 22 records")):
+        path.write_text(original)
+        _edit(path, lambda m: m.pop("manifest_sha256"))
+        _edit(path, change)
+        with pytest.raises(DataError, match=culprit):
+            shards.verify(packed)
+    path.write_text(original)
+    _edit(path, lambda m: (m.pop("manifest_sha256"), m.update(num_classes=2, class_names=["cat", "dog"])))
+    with pytest.raises(DataError, match=r"labels must lie in \[0, 2\), got \[0, 2\]"):
+        sources.load_source("array_record", "train", path=packed)
+    # a pack over it writes a manifest with a checksum again
+    shards.pack(folder, packed, examples_per_shard=8, workers=1)
+    assert "manifest_sha256" in json.loads(path.read_text())
+    assert shards.verify(packed) == {"test": 7, "train": 21}

@@ -257,13 +257,20 @@ def test_big_vision_scanned_and_unscanned_load_into_either_layout(tmp_path):
 
 
 def test_big_vision_at_another_resolution_resamples_the_posemb(tmp_path):
+    from scipy import ndimage
+
     flat = bv_checkpoint(pool="map")
     np.savez(tmp_path / "bv.npz", **flat)
-    model = interop.load_model(tmp_path / "bv.npz", image_size=(24, 20))  # grid 4x4 -> 6x5
-    resampled = dict(flat)
-    pe = flat["params/pos_embedding"].reshape(4, 4, D)
-    resampled["params/pos_embedding"] = bilinear(pe, 6, 5).reshape(1, 30, D)
     x = images(hw=(24, 20))
+    pe = flat["params/pos_embedding"].reshape(4, 4, D)
+    # vistas' convention on request: bilinear at pixel centres
+    model = interop.load_model(tmp_path / "bv.npz", image_size=(24, 20), resample="vistas")  # 4x4 -> 6x5
+    resampled = dict(flat)
+    resampled["params/pos_embedding"] = bilinear(pe, 6, 5).reshape(1, 30, D)
+    np.testing.assert_allclose(logits_of(model, x), bv_reference(resampled, x, "map"), **TOL)
+    # by default big_vision's own: scipy.ndimage.zoom(order=1), corners aligned
+    model = interop.load_model(tmp_path / "bv.npz", image_size=(24, 20))
+    resampled["params/pos_embedding"] = ndimage.zoom(pe, (6 / 4, 5 / 4, 1), order=1).reshape(1, 30, D)
     np.testing.assert_allclose(logits_of(model, x), bv_reference(resampled, x, "map"), **TOL)
 
 
@@ -484,12 +491,12 @@ def test_mismatched_checkpoints_name_the_key_and_shape(tmp_path):
 
 
 @pytest.mark.parametrize("key, what", [
-    ("blocks.0.ls1.gamma", "LayerScale"), ("fc_norm.weight", "LayerNorm after pooling"),
-    ("reg_token", "register tokens"),
+    ("norm_pre.weight", "a LayerNorm before the blocks"), ("dist_token", "a distillation token"),
 ])
 def test_timm_features_without_a_counterpart_are_named(key, what, tmp_path):
+    """(LayerScale, register tokens and fc_norm are ViT options: tests/test_interop_timm_options.py.)"""
     sd = timm_checkpoint()
-    sd[key] = np.ones((1, 1, D) if key == "reg_token" else (D,), np.float32)
+    sd[key] = np.ones((1, 1, D) if key == "dist_token" else (D,), np.float32)
     save_file(sd, str(tmp_path / "t.safetensors"))
     with pytest.raises(ConfigError, match=f"timm key '{key}' \\(.*{what}"):
         interop.read(tmp_path / "t.safetensors", model="vit-test/4")

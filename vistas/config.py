@@ -101,6 +101,11 @@ class ModelConfig:
     norm_bias: bool | None = None  # False: scale-only LayerNorms
     gelu: str = "tanh"  # "tanh" approximation (big_vision) or "exact" (timm)
     representation_size: int | None = None  # tanh pre-logits layer before the head
+    # timm's ViT options (docs/models.md), off by default: the final LayerNorm after pooling,
+    # LayerScale initialised to init_values (ls1, ls2 per block), learned register tokens
+    fc_norm: bool = False
+    init_values: float | None = None
+    reg_tokens: int = 0
     # ViT numerics and memory: compute dtype of matmuls, parameter dtype, remat, scan
     dtype: str = "auto"  # bfloat16 on GPUs/TPUs, float32 on CPU; or "float32", "bfloat16", "float16"
     param_dtype: str = "float32"
@@ -176,11 +181,17 @@ class TrainConfig:
     keep_every: int | None = None  # also save and keep every step that is a multiple (branch points)
     progress: bool = True
     init_from: str | None = None  # upstream run (workdir) whose parameters start this one (transfer)
+    # how init_from's position embedding changes grid (vistas.models.adapt.RESAMPLES):
+    # "vistas" (bilinear, pixel centres), "big_vision" (corners aligned), "timm" (bicubic, antialiased)
+    init_resample: str = "vistas"
     branched_from: str | None = None  # "SRC_WORKDIR@STEP": a cooldown branch (vistas cooldown)
     # a step with a NaN/inf loss, gradient or parameter: "stop" the run (the last checkpoint is
     # kept), or "skip" it (parameters and optimizer state unchanged) up to max_skipped times
     nonfinite: str = "stop"
     max_skipped: int = 10
+    # where metrics go besides metrics.jsonl: "tensorboard", "wandb", "mlflow" (the last two
+    # optional extras: pip install 'vistas[wandb]'; vistas.train.trackers, docs/trackers.md)
+    loggers: list[str] = dataclasses.field(default_factory=lambda: ["tensorboard"])
 
 
 @dataclasses.dataclass
@@ -275,6 +286,7 @@ NON_IDENTITY_KEYS = {
     "train.keep_every", "train.progress", "train.max_skipped", "data.eval_batch_size", "data.eval_splits",
     "data.data_dir", "data.calibration_split", "distill.cache_dir",
     "model.attention",  # how attention is computed, not what: the same function, resumable
+    "train.loggers",  # where the metrics go, not what they are
     *(f"fewshot.{f.name}" for f in dataclasses.fields(FewShotConfig)),
     # a run may resume on another mesh or placement: the same computation, laid out differently
     *(f"mesh.{f.name}" for f in dataclasses.fields(MeshConfig)),
@@ -525,7 +537,12 @@ def validate(cfg: Config) -> None:
     losses.check(t.loss, t.label_smoothing)
     _check(t.keep >= 1, f"train.keep={t.keep} must be at least 1")
     _check(t.nonfinite in ("stop", "skip"), f"train.nonfinite={t.nonfinite!r} is not known; use stop or skip")
+    _check(t.init_resample in ("vistas", "big_vision", "timm"), f"train.init_resample={t.init_resample!r} "
+           "is not known; use vistas, big_vision or timm")
     _check(t.max_skipped >= 0, f"train.max_skipped={t.max_skipped} must be >= 0")
+    from vistas.train import trackers
+
+    trackers.check(t.loggers)
     _check_durations(cfg)
     _check(t.keep_every is None or t.keep_every > 0, f"train.keep_every={t.keep_every} must be positive")
     _check(math.isfinite(o.lr) and o.lr > 0, f"optim.lr={o.lr} must be a positive, finite number")

@@ -178,13 +178,14 @@ def final_params(workdir: str | pathlib.Path, cfg: Config | None = None, step: i
     return exp, params, found
 
 
-def model_params(workdir: str | pathlib.Path, step: int | None = None, key: str = "params"
-                 ) -> tuple[Config, Any, Any, Any, int]:
+def model_params(workdir: str | pathlib.Path, step: int | None = None, key: str = "params",
+                 cfg: Config | None = None) -> tuple[Config, Any, Any, Any, int]:
     """``(config, graphdef, rest, params, step)`` of a run's checkpoint without its data: the
     number of classes comes from the class names the run recorded (a run that recorded
-    none opens its evaluation split for it)."""
+    none opens its evaluation split for it). ``cfg``: the run's config with options that
+    change how the model computes, not its parameters (e.g. ``model.attention``)."""
     workdir = pathlib.Path(workdir)
-    cfg = load_config(workdir)
+    cfg = load_config(workdir) if cfg is None else cfg
     names = class_names(workdir)
     num_classes = len(names) if names is not None else experiment.num_classes_of(cfg)
     _, graphdef, params, rest = experiment.init_model(cfg, num_classes)

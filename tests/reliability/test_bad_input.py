@@ -157,8 +157,8 @@ def test_a_checkpoint_of_another_model_names_keys_and_shapes(run8, override, cul
 @requires_fashion_mnist
 @pytest.mark.parametrize("damage", ["truncated data", "garbled metadata"])
 def test_a_damaged_checkpoint_is_named_with_the_one_to_fall_back_to(run8, tmp_path, damage):
-    """(Bytes overwritten inside the array data are not detected: the chunks carry no
-    checksums; docs/reliability.md.)"""
+    """(Bytes overwritten inside the array data, which still decode: the digests saved with
+    each checkpoint, tests/reliability/test_checksums.py.)"""
     workdir = tmp_path / "run"
     shutil.copytree(run8, workdir)
     step_dir = workdir / "checkpoints" / "8" / "state"

@@ -14,8 +14,10 @@
     vistas shapefind --model VARIANT [--device h100|...|--budget-bytes N] [--mesh data=..,fsdp=..,model=..]
     vistas cooldown --workdir SRC --from-step S [S ...] --steps N --workdir-out DST
     vistas convert SRC DST [--model VARIANT] [--to FORMAT] [--image-size N|HxW] [--scan|--no-scan]
+    vistas export RUN DST [--format stablehlo|safetensors] [--platforms cpu,cuda] [--no-ema]
     vistas sweep run SPEC --out DIR [--parallel N] | commands SPEC --out DIR | status DIR | presets
     vistas fit RESULTS [--x compute|examples|params] [--y METRIC] [--plot out.png]
+    vistas ckpt verify RUN
 
 Errors caused by input (config, data, files) print one line and exit with status 2.
 
@@ -32,10 +34,12 @@ import pathlib
 import sys
 
 from vistas.cli import (
+    ckpt,
     convert,
     cooldown,
     data,
     evaluate,
+    export,
     fewshot,
     finetune,
     fit,
@@ -51,7 +55,7 @@ from vistas.errors import VistasError
 
 # in the order of `vistas --help`
 COMMANDS = (train, evaluate, predict, models, presets, data, optim_memory, shapefind, cooldown, fewshot,
-            finetune, convert, sweep, fit)
+            finetune, convert, export, sweep, fit, ckpt)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,24 +127,68 @@ def console() -> None:
     from vistas.systems import xla_cpu
 
     xla_cpu.restart_with_huge_pages()  # replaces the process (same arguments) or returns
+    sys.stderr = _ThreadRoutedStderr(sys.stderr)
     status = main()
     _quiet_exit()
     sys.exit(status)
+
+
+def _library_log_path() -> str | None:
+    import logging
+
+    handlers = logging.getLogger("absl").handlers
+    return getattr(handlers[0], "baseFilename", None) if handlers else None
+
+
+class _ThreadRoutedStderr:
+    """The command's ``sys.stderr``: what the main thread writes (vistas' own lines, and the
+    traceback of an unexpected error) reaches the terminal; what other threads write
+    (TensorStore's callbacks printing "Event loop is closed" tracebacks after a failed
+    read, at any moment) goes to the library log file."""
+
+    def __init__(self, terminal):
+        self._terminal = terminal
+        self._log = None
+
+    def write(self, text: str) -> int:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            return self._terminal.write(text)
+        if self._log is None:
+            path = _library_log_path()
+            try:
+                self._log = open(path, "a") if path else self._terminal  # noqa: SIM115
+            except OSError:
+                self._log = self._terminal
+        return self._log.write(text)
+
+    def flush(self) -> None:
+        self._terminal.flush()
+        if self._log is not None and self._log is not self._terminal:
+            self._log.flush()
+
+    def __getattr__(self, name: str):  # fileno, isatty, encoding, ... of the terminal
+        return getattr(self._terminal, name)
 
 
 def _quiet_exit() -> None:
     """What library threads print while the interpreter shuts down (TensorStore callbacks
     finding asyncio's loop closed after a failed read) goes to the log, not after the
     command's last line."""
-    import logging
-
-    handlers = logging.getLogger("absl").handlers
-    path = getattr(handlers[0], "baseFilename", None) if handlers else None
+    path = _library_log_path()
     sys.stdout.flush()
     sys.stderr.flush()
     if path is not None:
         try:
-            sys.stderr = open(path, "a")  # noqa: SIM115  (open until the process ends)
+            log = open(path, "a")  # noqa: SIM115  (open until the process ends)
+        except OSError:
+            return
+        sys.stderr = log
+        # The interpreter's shutdown puts sys.__stderr__ back as sys.stderr, and C++ threads
+        # write to the descriptor itself: from here on descriptor 2 is the log too.
+        try:
+            os.dup2(log.fileno(), 2)
         except OSError:
             pass
 

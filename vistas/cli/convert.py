@@ -10,13 +10,18 @@ def run(args: argparse.Namespace) -> int:
     from vistas.models import interop
 
     r = interop.convert(args.src, args.dst, to=args.to, model=args.model,
-                        image_size=args.image_size, scan=args.scan)
+                        image_size=args.image_size, scan=args.scan, resample=args.resample,
+                        gelu=args.gelu)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
+    extras = [what for what, on in (("LayerScale", r["layer_scale"]), (f"{r['reg_tokens']} registers",
+                                     r["reg_tokens"]), ("fc_norm", r["fc_norm"])) if on]
     print(f"read  {r['src']} ({r['src_format']}): {r['model']}, {r['params']:,} parameters, "
-          f"{r['src_image_size']} px, pool {r['pool']}, {r['num_classes']} classes")
-    print(f"wrote {r['dst']} ({r['dst_format']}) for {r['image_size']} px")
+          f"{r['src_image_size']} px, pool {r['pool']}, {r['num_classes']} classes"
+          + "".join(f", {e}" for e in extras))
+    how = f", position embedding resampled as {r['resample']} does" if r["resample"] else ""
+    print(f"wrote {r['dst']} ({r['dst_format']}) for {r['image_size']} px{how}, {r['gelu']} GELU")
     return 0
 
 
@@ -33,6 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "such as the number of heads of a timm file")
     cv.add_argument("--image-size", help="write for this image size (N or HxW): the position "
                     "embedding is resampled")
+    cv.add_argument("--resample", choices=["vistas", "big_vision", "timm"],
+                    help="how the position embedding changes grid with --image-size: bilinear at "
+                    "pixel centres (vistas), linear with corners aligned (big_vision), bicubic with "
+                    "antialiasing (timm); default: as SRC's own framework does")
+    cv.add_argument("--gelu", choices=["tanh", "exact"],
+                    help="the GELU the weights were trained with, where SRC does not say or says "
+                    "wrongly (e.g. tanh for SigLIP weights in a timm file without its arguments)")
     cv.add_argument("--scan", action=argparse.BooleanOptionalAction, default=None,
                     help="write the scanned layout (big_vision encoderblock, vistas encoder/blocks)")
     cv.add_argument("--json", action="store_true")

@@ -16,11 +16,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.data_cmd in ("pack", "verify"):
         from vistas.data import shards
+        from vistas.errors import ConfigError
+
+        if args.workers is not None and args.workers < 1:
+            raise ConfigError(f"--workers {args.workers} must be at least 1 (leave it out for one per core)")
 
         if args.data_cmd == "verify" and pathlib.Path(args.dst).is_dir() and not shards.is_packed(args.dst):
             return _verify_folder(args.dst, args.workers)  # an image folder
         if args.data_cmd == "verify":
-            counts = shards.verify(args.dst)
+            counts = shards.verify(args.dst, log=print)
         else:
             manifest = shards.pack(args.src, args.dst, examples_per_shard=args.examples_per_shard,
                                    workers=args.workers, log=print)
@@ -71,7 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     dp.add_argument("src")
     dp.add_argument("dst")
     dp.add_argument("--examples-per-shard", type=int, default=1000)
-    dp.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    dp.add_argument("--workers", type=int, default=None,
+                    help="processes, at least 1 (default: one per core)")
     dv = dsub.add_parser("verify", help="check packed shards against their manifest's checksums, "
                          "or decode every image of an image folder",
                          description="PATH is a shard directory (with a manifest.json): every shard is "
@@ -80,5 +85,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "decoded once, each one that cannot be is listed, and the status is 2 if any.")
     dv.add_argument("dst", metavar="PATH")
     dv.add_argument("--workers", type=int, default=None,
-                    help="threads decoding an image folder (default: one per core)")
+                    help="threads decoding an image folder, at least 1 (default: one per core)")
     d.set_defaults(fn=run)

@@ -15,7 +15,7 @@ def run(args: argparse.Namespace) -> int:
     summary = finetune.finetune(
         args.upstream, workdir, dataset=args.dataset, resolution=args.resolution,
         duration=args.steps, lr=args.lr, batch_size=args.batch_size, warmup=args.warmup,
-        decay=args.decay, sam_rho=args.sam_rho, seed=args.seed,
+        decay=args.decay, sam_rho=args.sam_rho, seed=args.seed, resample=args.resample,
         overrides=overrides(args), quiet=args.quiet)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -34,6 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ft.add_argument("--from", dest="upstream", required=True, help="the upstream run (its workdir)")
     ft.add_argument("--dataset", required=True, help="target dataset (see `vistas data list`)")
     ft.add_argument("--resolution", type=int, help="image size (default: the upstream's)")
+    ft.add_argument("--resample", choices=["vistas", "big_vision", "timm"],
+                    help="how the position embedding changes grid with --resolution: bilinear at "
+                    "pixel centres (vistas, the default for vistas runs), linear with corners aligned "
+                    "(big_vision), bicubic with antialiasing (timm)")
     ft.add_argument("--workdir", help="output folder (default FROM-ft-DATASET); resumes if it holds the run")
     ft.add_argument("--steps", default=500, type=_duration,
                     help="length: steps, or '10ep', '50000ex' (default 500)")

@@ -8,13 +8,17 @@ import json
 
 
 def run(args: argparse.Namespace) -> int:
-    from vistas.scaling import fit
+    from vistas.scaling import fit, results
 
-    study = fit.fit_study(args.results, x=args.x, y=args.y, n_bootstrap=args.bootstrap,
-                          extrapolate=args.extrapolate, seed=args.seed)
+    fit.check_options(n_bootstrap=args.bootstrap, extrapolate=args.extrapolate)
+    rows = results.load(args.results)
     if args.plot or args.examples_plot:
         from vistas.scaling import plots
 
+        plots.check_columns(rows, args.results, plot=args.plot, examples_plot=args.examples_plot)
+    study = fit.fit_study(rows, x=args.x, y=args.y, n_bootstrap=args.bootstrap,
+                          extrapolate=args.extrapolate, seed=args.seed)
+    if args.plot or args.examples_plot:
         plots.write_figures(study, plot=args.plot, examples_plot=args.examples_plot)
     report = study.report
     if args.json:
@@ -30,9 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     fi.add_argument("--x", default="compute", choices=["compute", "examples", "params"],
                     help="total training FLOPs, examples seen or parameters (default compute)")
     fi.add_argument("--y", default="eval_error", help="a results column (default eval_error)")
-    fi.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default 200)")
+    fi.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples, 0 for none (default 200)")
     fi.add_argument("--extrapolate", type=float, default=0.3,
-                    help="fraction of the frontier (highest x) held out and predicted (default 0.3)")
+                    help="fraction of the frontier (highest x) held out and predicted, in (0, 1) "
+                    "(default 0.3)")
     fi.add_argument("--plot", help="write the figure here (PNG)")
     fi.add_argument("--examples-plot", help="also plot error vs examples seen per model size here")
     fi.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 
 from vistas.cli._args import add_config_file, overrides
 
@@ -28,7 +29,14 @@ def run(args: argparse.Namespace) -> int:
     for key, value in summary.items():
         if key.startswith(("eval/", "ema/eval/")):
             print(f"  {key:<28} {value:.4f}")
-    print(f"  metrics      {summary['workdir']}/metrics.jsonl (TensorBoard: {summary['workdir']}/tensorboard)")
+    tb = f" (TensorBoard: {summary['workdir']}/tensorboard)" if "tensorboard" in cfg.train.loggers else ""
+    print(f"  metrics      {summary['workdir']}/metrics.jsonl{tb}")
+    for name in cfg.train.loggers:
+        if name != "tensorboard":
+            from vistas.train import trackers
+
+            run_id = trackers.read_records(pathlib.Path(summary["workdir"])).get(name, {}).get("run_id")
+            print(f"  {name:<12} run {run_id}")
     if summary["curves"]:
         print(f"  curves       {summary['curves']}")
     print(f"  checkpoints  {summary['checkpoints']}")

@@ -6,7 +6,9 @@
 access. Each record is one example: a magic tag, the int32 label and the image file's
 bytes unchanged (a JPEG stays a JPEG). ``dst/manifest.json`` lists the class names and,
 per split, its shards with their record counts, sizes and SHA-256 checksums, plus a
-``<split>-labels.npy`` of every label (read without decoding any image).
+``<split>-labels.npy`` of every label (read without decoding any image), and a SHA-256 of
+its own content (``manifest_sha256``), so that a hand edit of ``num_classes`` or a record
+count is caught by ``verify`` and when the shards are opened for training.
 
 Packing runs shards in parallel worker processes and writes them into a staging folder,
 ``dst/.pack-staging``; the set in ``dst`` is replaced only once every image was read and
@@ -45,14 +47,26 @@ from vistas.data.readers.array_record import (
     FORMAT,
     MAGIC,
     MANIFEST,
+    MANIFEST_DIGEST,
     ArrayRecordSource,
     decode_record,
     encode_record,
+    manifest_digest,
     read_manifest,
+    seal_manifest,
 )
 from vistas.data.readers.folder import ImageFolderSource, dataset_classes, split_folders
-from vistas.errors import DataError
+from vistas.errors import ConfigError, DataError
 from vistas.files import atomic_write
+
+
+def _workers(workers: int | None) -> int:
+    """``workers`` (processes or threads), or one per core when None; below 1 is refused."""
+    if workers is None:
+        return os.cpu_count() or 1
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ConfigError(f"workers={workers!r} must be at least 1 (None: one per core)")
+    return int(workers)
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -172,11 +186,11 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, examples_per_shard: 
         raise DataError(f"image folder {src} does not exist or is not a directory")
     if examples_per_shard <= 0:
         raise DataError(f"examples_per_shard={examples_per_shard} must be positive")
+    workers = _workers(workers)
     real_src, real_dst = src.resolve(), dst.resolve()
     if real_dst == real_src or real_src in real_dst.parents:
         raise DataError(f"destination {dst} is inside the image folder {src}; pack into a folder "
                         "outside it (a later pack would read the shards as a class)")
-    workers = workers or os.cpu_count() or 1
     folders = split_folders(src)
     class_names = list(dataset_classes(src))  # one class list for all splits
     listings = {split: ImageFolderSource(root, class_names=tuple(class_names)) for split, root in folders.items()}
@@ -220,16 +234,24 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, examples_per_shard: 
             "num_examples": sum(s["num_records"] for s in shards), "shards": shards,
             "labels": {"file": labels_file, "sha256": _sha256(staging / labels_file)},
         }
+    manifest = seal_manifest(manifest)
     staged = [f for name, desc in done.items() if desc["staged"] for f in (name, name + ".json")]
     _commit(staging, dst, staged + [f"{split}-labels.npy" for split in listings], manifest)
     return manifest
 
 
-def verify(root: str | os.PathLike) -> dict[str, int]:
-    """Checks every shard and label file against the manifest's sizes and SHA-256 sums;
-    DataError naming the first that differs. Returns examples per split."""
+def verify(root: str | os.PathLike, *, log: Callable[[str], None] = lambda s: None) -> dict[str, int]:
+    """Checks the manifest against its own checksum, and every shard and label file against
+    the manifest's SHA-256 sums and record counts; DataError naming the first that differs.
+    ``log`` is told when the manifest has no checksum (packed before there was one).
+    Returns examples per split."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
     root = pathlib.Path(root)
-    manifest = read_manifest(root)
+    manifest = read_manifest(root)  # its own checksum and counts
+    if MANIFEST_DIGEST not in manifest:
+        log(f"{root / MANIFEST} has no checksum of its own (packed before vistas wrote one): the shards "
+            "are checked, but a hand edit of its class names could not be noticed; pack again to add one")
     for info in manifest["splits"].values():
         for entry in [*info["shards"], info["labels"]]:
             path = root / entry["file"]
@@ -238,6 +260,17 @@ def verify(root: str | os.PathLike) -> dict[str, int]:
             if _sha256(path) != entry["sha256"]:
                 raise DataError(f"{path} does not match its checksum in {root / MANIFEST} "
                                 "(corrupt or changed); re-pack it with `vistas data pack`")
+        for entry in info["shards"]:
+            path = root / entry["file"]
+            try:
+                reader = ArrayRecordReader(str(path))
+                count = reader.num_records()
+                reader.close()
+            except Exception as e:  # the checksum matched: only a manifest written by hand gets here
+                raise DataError(f"cannot read shard {path}: {e}; re-pack it with `vistas data pack`") from None
+            if count != entry["num_records"]:
+                raise DataError(f"shard {path} holds {count} records, the manifest says "
+                                f"{entry['num_records']}; re-pack it with `vistas data pack`")
     return {split: info["num_examples"] for split, info in manifest["splits"].items()}
 
 
@@ -284,6 +317,7 @@ def verify_folder(path: str | os.PathLike, *, workers: int | None = None,
     ``path/<class>/<image>``, as ``pack`` reads it) once, in ``workers`` threads (default:
     one per core), and reports every one that cannot be decoded; ``log`` gets each as it
     is found. A folder that is not laid out as a dataset is a DataError."""
+    workers = _workers(workers)
     src = pathlib.Path(path)
     if not src.is_dir():
         raise DataError(f"image folder {src} does not exist or is not a directory")
@@ -295,7 +329,7 @@ def verify_folder(path: str | os.PathLike, *, workers: int | None = None,
     paths = [p for s in listings.values() for p in s.paths]
     chunk = 64
     bad: list[tuple[str, str]] = []
-    with cf.ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    with cf.ThreadPoolExecutor(max_workers=workers) as pool:
         for found in pool.map(_bad_images, [paths[i:i + chunk] for i in range(0, len(paths), chunk)]):
             for item in found:
                 log(item[1])
@@ -304,5 +338,6 @@ def verify_folder(path: str | os.PathLike, *, workers: int | None = None,
                         sum(s.skipped_dirs for s in listings.values()))
 
 
-__all__ = ["FORMAT", "MAGIC", "MANIFEST", "ArrayRecordSource", "FolderReport", "decode_bytes",
-           "decode_record", "encode_record", "is_packed", "pack", "read_manifest", "verify", "verify_folder"]
+__all__ = ["FORMAT", "MAGIC", "MANIFEST", "MANIFEST_DIGEST", "ArrayRecordSource", "FolderReport",
+           "decode_bytes", "decode_record", "encode_record", "is_packed", "manifest_digest", "pack",
+           "read_manifest", "seal_manifest", "verify", "verify_folder"]

@@ -16,6 +16,16 @@ Block options, each an independent switch (``ViTConfig``):
 - ``qkv_bias=False``: no biases in the QKV projections; ``norm_bias=False``: scale-only
   LayerNorms (every LayerNorm of the model). MLP biases are always kept.
 
+Options of timm's ViTs (Touvron et al. 2021, Darcet et al. 2024), each off by default and
+then absent from the parameters:
+
+- ``init_values``: LayerScale, a learned per-channel scale on each residual branch of the
+  sequential block (``ls1`` after attention, ``ls2`` after the MLP), initialised to it;
+- ``reg_tokens``: that many learned register tokens (``registers`` [1, R, D], no position
+  embedding) after the class token, taking part in attention and dropped before pooling;
+- ``fc_norm``: the final LayerNorm after pooling (``fc_norm``) instead of before it
+  (the encoder then has no ``norm``), as timm does with average pooling.
+
 Training options: ``dropout``, ``drop_path`` (stochastic depth, rate increasing linearly
 from 0 at the first block to ``drop_path`` at the last; both as :mod:`vistas.models.layers`
 defines them), ``dtype`` (compute dtype of the matmuls) separate from ``param_dtype``,
@@ -110,6 +120,9 @@ class ViTConfig:
     head_zeroinit: bool = True
     head_bias_init: float = 0.0
     representation_size: int | None = None  # a tanh "pre_logits" layer before the head
+    fc_norm: bool = False  # the final LayerNorm after pooling (timm's fc_norm), none before it
+    init_values: float | None = None  # LayerScale (ls1, ls2 per block) initialised to this
+    reg_tokens: int = 0  # learned register tokens, dropped before pooling
     dropout: float = 0.0
     drop_path: float = 0.0
     parallel: bool = False
@@ -153,6 +166,20 @@ class ViTConfig:
                               "has matmuls to fuse")
         if self.representation_size is not None and self.representation_size <= 0:
             raise ConfigError(f"model.representation_size={self.representation_size} must be positive")
+        if isinstance(self.reg_tokens, bool) or not isinstance(self.reg_tokens, int) or self.reg_tokens < 0:
+            raise ConfigError(f"model.reg_tokens={self.reg_tokens!r} must be a whole number >= 0")
+        if self.init_values is not None:
+            if isinstance(self.init_values, bool) or not (np.isfinite(self.init_values) and self.init_values > 0):
+                raise ConfigError(f"model.init_values={self.init_values!r} must be a positive number "
+                                  "(LayerScale's initial scale) or None (no LayerScale)")
+            if self.parallel:
+                raise ConfigError("model.init_values (LayerScale) needs the sequential block; the "
+                                  "parallel block has no LayerScale")
+
+    @property
+    def num_prefix(self) -> int:
+        """Tokens before the patch tokens: the class token (``tok``) and the registers."""
+        return (1 if self.pool == "tok" else 0) + self.reg_tokens
 
     @property
     def image_hw(self) -> tuple[int, int]:
@@ -368,14 +395,30 @@ class MLP(nnx.Module):
                                             self.approximate, _hidden))
 
 
+class LayerScale(nnx.Module):
+    """A learned per-channel scale of a residual branch (CaiT, DeiT III; timm's ``ls1``)."""
+
+    def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
+        del rngs  # a constant initialisation
+        self.scale = nnx.Param(jnp.full((cfg.width,), cfg.init_values, cfg.params_dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x * self.scale[...].astype(x.dtype)
+
+
 class EncoderBlock(nnx.Module):
-    """Pre-LayerNorm block: ``x + Attn(LN(x))`` then ``x + MLP(LN(x))``."""
+    """Pre-LayerNorm block: ``x + Attn(LN(x))`` then ``x + MLP(LN(x))``; with LayerScale
+    (``init_values``) ``x + ls1 * Attn(LN(x))`` then ``x + ls2 * MLP(LN(x))``."""
 
     def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
         self.norm1 = _layer_norm(cfg, cfg.width, rngs)
         self.attn = Attention(cfg, rngs=rngs)
         self.norm2 = _layer_norm(cfg, cfg.width, rngs)
         self.mlp = MLP(cfg, rngs=rngs)
+        if cfg.init_values is not None:
+            self.ls1 = LayerScale(cfg, rngs=rngs)
+            self.ls2 = LayerScale(cfg, rngs=rngs)
+        self.layer_scale = cfg.init_values is not None
         self.rate = cfg.dropout
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None,
@@ -383,9 +426,13 @@ class EncoderBlock(nnx.Module):
         r1, r2, r3 = layers.split_rng(rng, 3)
         p1, p2 = _path_rngs(rng)
         y = layers.dropout(self.attn.self_attend(x, self.norm1), self.rate, r1)
+        if self.layer_scale:
+            y = self.ls1(y)
         x = x + layers.drop_path(y, path_rate, p1)
-        y = self.mlp(x, self.rate, r2, norm=self.norm2)
-        return _tokens(x + layers.drop_path(layers.dropout(y, self.rate, r3), path_rate, p2))
+        y = layers.dropout(self.mlp(x, self.rate, r2, norm=self.norm2), self.rate, r3)
+        if self.layer_scale:
+            y = self.ls2(y)
+        return _tokens(x + layers.drop_path(y, path_rate, p2))
 
 
 class ParallelBlock(nnx.Module):
@@ -478,7 +525,8 @@ def block_class(cfg: ViTConfig) -> type[nnx.Module]:
 
 
 class Encoder(nnx.Module):
-    """The blocks and the final LayerNorm; a Python loop, or one ``lax.scan`` with ``scan``."""
+    """The blocks and the final LayerNorm (none with ``fc_norm``, which moves it after
+    pooling); a Python loop, or one ``lax.scan`` with ``scan``."""
 
     def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
         self.depth = cfg.depth
@@ -496,7 +544,9 @@ class Encoder(nnx.Module):
         else:
             for i in range(cfg.depth):
                 setattr(self, f"block{i:02d}", block(cfg, rngs=rngs))
-        self.norm = _layer_norm(cfg, cfg.width, rngs)
+        if not cfg.fc_norm:
+            self.norm = _layer_norm(cfg, cfg.width, rngs)
+        self.final_norm = not cfg.fc_norm
 
     def _apply(self, graphdef: nnx.GraphDef) -> Any:
         """``(state, x, rng, rate) -> x`` for one block, rematerialised as configured."""
@@ -535,7 +585,7 @@ class Encoder(nnx.Module):
                     graphdef, state = nnx.split(block)
                     x = self._apply(graphdef)(state, x, r, rate)
                 out[f"encoder/block{i:02d}"] = x
-        return self.norm(x)
+        return self.norm(x) if self.final_norm else x
 
 
 class MAPHead(nnx.Module):
@@ -574,9 +624,14 @@ class VisionTransformer(nnx.Module):
             self.pos_embedding = nnx.Param(init(rngs.params(), (1, gh * gw, cfg.width), cfg.params_dtype))
         if cfg.pool == "tok":
             self.cls = nnx.Param(jnp.zeros((1, 1, cfg.width), cfg.params_dtype))
+        if cfg.reg_tokens:  # as timm: near zero, but not equal (equal tokens would stay so)
+            init = nnx.initializers.normal(stddev=1e-6)
+            self.registers = nnx.Param(init(rngs.params(), (1, cfg.reg_tokens, cfg.width), cfg.params_dtype))
         self.encoder = Encoder(cfg, rngs=rngs)
         if cfg.pool == "map":
             self.map_head = MAPHead(cfg, rngs=rngs)
+        if cfg.fc_norm:
+            self.fc_norm = _layer_norm(cfg, cfg.width, rngs)
         if cfg.representation_size:
             self.pre_logits = fast_layers.Linear(cfg.width, cfg.representation_size,
                                          param_dtype=cfg.params_dtype, rngs=rngs)
@@ -626,18 +681,25 @@ class VisionTransformer(nnx.Module):
         else:
             x = x + posemb_sincos_2d((h, w), d).astype(x.dtype)
         out["with_posemb"] = x
+        prefix = []  # [class token] + registers, before the patch tokens
         if cfg.pool == "tok":
-            x = jnp.concatenate([jnp.broadcast_to(self.cls[...].astype(x.dtype), (b, 1, d)), x], axis=1)
+            prefix.append(jnp.broadcast_to(self.cls[...].astype(x.dtype), (b, 1, d)))
+        if cfg.reg_tokens:
+            prefix.append(jnp.broadcast_to(self.registers[...].astype(x.dtype), (b, cfg.reg_tokens, d)))
+        if prefix:
+            x = jnp.concatenate([*prefix, x], axis=1)
         r_drop, r_enc = layers.split_rng(rng, 2)
         x = layers.dropout(x, cfg.dropout, r_drop)
         x = self.encoder(x, out, r_enc)
         out["encoded"] = x
         if cfg.pool == "gap":
-            x = jnp.mean(x, axis=1)
+            x = jnp.mean(x[:, cfg.num_prefix:], axis=1)
         elif cfg.pool == "map":
-            x = self.map_head(x)
+            x = self.map_head(x[:, cfg.num_prefix:])
         else:
             x = x[:, 0]
+        if cfg.fc_norm:
+            x = self.fc_norm(x)
         x = x.astype(jnp.float32)
         if cfg.representation_size:
             x = jnp.tanh(self.pre_logits(x))

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from vistas.errors import VistasError
+from vistas.errors import ConfigError, VistasError
 
 FORMS: dict[str, tuple[str, ...]] = {
     "saturating": ("a", "b", "c", "d"),  # a (C + d)^-b + c
@@ -234,6 +234,17 @@ def _points(rows: list[dict], x: str, y: str) -> tuple[list[dict], np.ndarray, n
     return done, np.array([r[xcol] for r in done], float), np.array([r[y] for r in done], float)
 
 
+def check_options(*, n_bootstrap: int = 200, extrapolate: float = 0.3) -> None:
+    """The fit's options, refused with one line naming the allowed range (checked before
+    any results are read): ``n_bootstrap`` resamples (0 skips the bootstrap) and the share
+    ``extrapolate`` of the frontier held out for the extrapolation check."""
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 0:
+        raise ConfigError(f"--bootstrap {n_bootstrap} must be a whole number >= 0 (0 skips the bootstrap)")
+    if not (isinstance(extrapolate, (int, float)) and 0 < extrapolate < 1):  # NaN fails too
+        raise ConfigError(f"--extrapolate {extrapolate} must be a fraction in (0, 1): the share of the "
+                          "frontier (highest x) held out and predicted, e.g. 0.3")
+
+
 @dataclasses.dataclass
 class Study:
     """A results table fitted by ``fit_study``: the JSON-able report, the finished runs it
@@ -251,6 +262,7 @@ def fit_study(results: Any, *, x: str = "compute", y: str = "eval_error", n_boot
     extrapolation check for a results table (rows, or a path: CSV, JSONL or sweep folder)."""
     from vistas.scaling import results as results_lib
 
+    check_options(n_bootstrap=n_bootstrap, extrapolate=extrapolate)
     n_boot = n_bootstrap
     rows = results_lib.load(results) if not isinstance(results, list) else results
     done, xs, ys = _points(rows, x, y)
@@ -323,5 +335,5 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FORMS", "Fit", "Study", "bootstrap", "extrapolation_check", "fit_law", "fit_results",
+__all__ = ["FORMS", "Fit", "Study", "bootstrap", "check_options", "extrapolation_check", "fit_law", "fit_results",
            "fit_study", "format_report", "intervals", "law", "pareto_frontier"]

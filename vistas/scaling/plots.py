@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from vistas.errors import VistasError
 from vistas.scaling import fit as fit_lib
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -27,12 +28,12 @@ def _models_by_size(rows: list[dict]) -> list[str]:
     """Model labels ordered by parameter count (then by name)."""
     params: dict[str, float] = {}
     for r in rows:
-        params[r["model"]] = float(r.get("params") or 0)
+        params[r.get("model")] = float(r.get("params") or 0)
     return sorted(params, key=lambda m: (params[m], str(m)))
 
 
 def _model_label(rows: list[dict], model: str) -> str:
-    p = next((r.get("params") for r in rows if r["model"] == model), None)
+    p = next((r.get("params") for r in rows if r.get("model") == model), None)
     return f"{model} ({p / 1e3:.0f}k params)" if p else str(model)
 
 
@@ -44,6 +45,21 @@ def _colours(models: list[str]) -> dict[str, Any]:
 def _sizes(rows: list[dict]) -> list[Any]:
     return sorted({r.get("data_size") for r in rows},
                   key=lambda s: (s == "full" or s is None, s if isinstance(s, (int, float)) else 0))
+
+
+def check_columns(rows: list[dict], where: Any, *, plot: Any = None, examples_plot: Any = None) -> None:
+    """One line, before any fit, for a results table the figures asked for cannot draw:
+    both colour runs by their ``model`` column, and ``examples_plot`` puts ``examples_seen``
+    on its x axis."""
+    needed = []
+    if plot or examples_plot:
+        needed.append(("model", "--plot" if plot else "--examples-plot", "colours the runs by"))
+    if examples_plot:
+        needed.append(("examples_seen", "--examples-plot", "puts on its x axis"))
+    for column, option, use in needed:
+        if not any(r.get(column) not in (None, "") for r in rows):
+            raise VistasError(f"{where} has no {column!r} column, which {option} {use}; add it, "
+                              f"or leave out {option}")
 
 
 def _save(fig: Any, path: str | pathlib.Path) -> pathlib.Path:
@@ -65,7 +81,7 @@ def plot_fit(rows: list[dict], report: dict[str, Any], draws: dict[str, np.ndarr
     colours = _colours(models)
     fig, ax = plt.subplots(figsize=(11, 5.5))
     for r in rows:
-        ax.scatter(r[xcol], r[y], color=colours[r["model"]], s=30, alpha=0.85,
+        ax.scatter(r[xcol], r[y], color=colours[r.get("model")], s=30, alpha=0.85,
                    marker=_MARKERS[sizes.index(r.get("data_size")) % len(_MARKERS)], zorder=3)
     for m in models:
         ax.scatter([], [], color=colours[m], marker="o", label=_model_label(rows, m))
@@ -114,7 +130,8 @@ def plot_examples(rows: list[dict], y: str, path: str | pathlib.Path) -> pathlib
     fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 4), sharey=True, squeeze=False)
     for ax, s in zip(axes[0], sizes, strict=True):
         for m in models:
-            pts = sorted((r["examples_seen"], r[y]) for r in rows if r["model"] == m and r.get("data_size") == s)
+            pts = sorted((r["examples_seen"], r[y]) for r in rows if r.get("model") == m
+                         and r.get("data_size") == s and isinstance(r.get("examples_seen"), (int, float)))
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", color=colours[m], label=_model_label(rows, m))
         ax.set_xscale("log")
@@ -140,4 +157,4 @@ def write_figures(study: fit_lib.Study, *, plot: str | pathlib.Path | None = Non
     return report
 
 
-__all__ = ["plot_examples", "plot_fit", "write_figures"]
+__all__ = ["check_columns", "plot_examples", "plot_fit", "write_figures"]

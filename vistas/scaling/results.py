@@ -20,6 +20,7 @@ Columns (``results.csv`` and ``results.jsonl`` in the sweep folder):
 from __future__ import annotations
 
 import csv
+import io
 import json
 import pathlib
 from typing import Any
@@ -127,12 +128,30 @@ def load(path: str | pathlib.Path) -> list[dict[str, Any]]:
         return collect(path, write=False)
     if not path.is_file():
         raise VistasError(f"results file {path} does not exist")
+    if path.suffix not in (".csv", ".jsonl", ".json"):
+        raise VistasError(f"results file {path} must be .csv or .jsonl (or a sweep folder)")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise VistasError(f"cannot read results file {path}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8-sig")  # a spreadsheet's byte-order mark is dropped
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise VistasError(f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); "
+                          "save it as UTF-8") from None
     if path.suffix == ".csv":
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    elif path.suffix in (".jsonl", ".json"):
+        try:
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        except csv.Error as e:
+            raise VistasError(f"{path} is not a readable CSV file ({e})") from None
+        for i, row in enumerate(rows, 1):
+            if None in row:  # csv.DictReader's key for fields past the header's
+                raise VistasError(f"{path} row {i} has more fields than the header's "
+                                  f"{len(row) - 1}; quote values that hold commas")
+    else:
         rows = []
-        for i, line in enumerate(path.read_text().splitlines(), 1):
+        for i, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -142,8 +161,6 @@ def load(path: str | pathlib.Path) -> list[dict[str, Any]]:
             if not isinstance(row, dict):
                 raise VistasError(f"{path}:{i} is not a JSON object")
             rows.append(row)
-    else:
-        raise VistasError(f"results file {path} must be .csv or .jsonl (or a sweep folder)")
     if not rows:
         raise VistasError(f"results file {path} holds no rows")
     for i, row in enumerate(rows, 1):

@@ -41,12 +41,13 @@ def vit_flops(vc: Any) -> int:
     LayerNorm, softmax, GELU, residual adds, position embedding, pooling.
     """
     gh, gw = vc.grid
-    n = gh * gw + (1 if vc.pool == "tok" else 0)  # tokens
+    n = gh * gw + vc.num_prefix  # tokens: the patches, a class token, registers
     d, m = vc.width, vc.mlp_dim
     macs = gh * gw * vc.patch * vc.patch * vc.channels * d  # patch embedding
     block = 4 * n * d * d + 2 * n * n * d + 2 * n * d * m  # qkv+out, scores+values, MLP
     macs += vc.depth * block
-    if vc.pool == "map":  # one probe query attending to the n tokens, then an MLP
+    if vc.pool == "map":  # one probe query attending to the patch tokens, then an MLP
+        n = gh * gw
         macs += d * d + 2 * n * d * d + 2 * n * d + d * d + 2 * d * m
     features = vc.width
     if vc.representation_size:

@@ -5,7 +5,7 @@ A fine-tuning run is an ordinary run (``loop.train``) whose config names the ups
 it starts (not when it resumes) the upstream parameters are loaded and adapted to the new
 model (``vistas.models.adapt``): the head is replaced by the new model's freshly initialised
 (zero) head for the target's classes, and a learned position embedding is resampled when the
-resolution changes. ``transfer_config``
+resolution changes (``resample``: ``train.init_resample``). ``transfer_config``
 writes the transfer recipe: SGD with momentum, short warmup, cosine (or linear) decay, no
 weight decay, gradient clipping at norm 1, optional SAM (``optim.sam_rho``).
 """
@@ -32,7 +32,7 @@ DECAYS = ("cosine", "linear")
 def transfer_config(upstream: Config, *, dataset: str, resolution: int | None = None,
                     duration: int | str = 500, lr: float = 0.01, batch_size: int = 128,
                     warmup: int | str = "5%", decay: str = "cosine", sam_rho: float = 0.0,
-                    init_from: str | pathlib.Path, seed: int = 0,
+                    init_from: str | pathlib.Path, seed: int = 0, resample: str | None = None,
                     overrides: list[str] | None = None) -> Config:
     """The fine-tuning config of ``upstream``'s model on ``dataset`` (the transfer recipe)."""
     info = catalog.get_info(dataset)
@@ -62,6 +62,8 @@ def transfer_config(upstream: Config, *, dataset: str, resolution: int | None = 
     t.loss = "sigmoid_xent" if info.multi_label else "softmax_xent"
     t.eval_every, t.log_every, t.ckpt_every = "10%", "5%", "25%"
     t.init_from = str(pathlib.Path(init_from).absolute())
+    if resample is not None:
+        t.init_resample = resample
     config_lib.apply_overrides(cfg, list(overrides or []))
     return cfg
 

@@ -2,7 +2,8 @@
 transfer run (``train.init_from``), an upstream run's parameters adapted to the new model
 (``vistas.models.adapt``): its head replaced by the new model's freshly initialised head
 for the target's classes, a learned position embedding resampled when the resolution
-changes. Only a run that starts takes them; a resumed run restores its checkpoint."""
+changes (as ``train.init_resample`` says: vistas' bilinear by default, or big_vision's or
+timm's convention). Only a run that starts takes them; a resumed run restores its checkpoint."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def from_upstream(cfg: Config, target_params: Any) -> Any:
     _, _, _, params, _ = runs.restore_params(upstream)
     body = {k: v for k, v in jax.device_get(params).items() if k != HEAD}
     try:
-        return adapt.adapt_params(body, target_params, reset_head=True, head_prefix=f"{HEAD}/")
+        return adapt.adapt_params(body, target_params, reset_head=True, head_prefix=f"{HEAD}/",
+                                  resample=cfg.train.init_resample)
     except ConfigError as e:
         raise ConfigError(f"train.init_from={upstream!r}: {e}") from None
 

@@ -2,9 +2,9 @@
 
 ``train(cfg, workdir)`` is the whole run, whatever its task. It resumes from the latest
 checkpoint in ``workdir`` when the config there is the same run, writes ``config.json``,
-``metrics.jsonl``, TensorBoard events, checkpoints and ``curves.png``, saves a checkpoint
-and exits cleanly on SIGTERM/SIGINT, and stops with a clear message on a non-finite loss
-without touching the last good checkpoint.
+``metrics.jsonl``, TensorBoard events (and the trackers of ``train.loggers``), checkpoints
+and ``curves.png``, saves a checkpoint and exits cleanly on SIGTERM/SIGINT, and stops with a
+clear message on a non-finite loss without touching the last good checkpoint.
 
 The loop knows no task, evaluator or periodic action by name: the task
 (``vistas.train.task``) says what to train on and how, the actions
@@ -38,7 +38,7 @@ from vistas.optim import builder
 from vistas.runs import final_params, load_config
 from vistas.systems import mesh as mesh_lib
 from vistas.systems import mfu, sharding, xla_cpu
-from vistas.train import actions, initial
+from vistas.train import actions, initial, trackers
 from vistas.train import step as step_lib
 from vistas.train import task as task_lib
 from vistas.train.actions import TrainingDiverged
@@ -56,6 +56,8 @@ def train(cfg: Config, workdir: str | pathlib.Path, *, stop_after: int | None = 
     on it is refused (``runs.exclusive``).
     """
     config_lib.validate(cfg)
+    if jax.process_index() == 0:  # only process 0 logs: a missing tracker package stops it here
+        trackers.require(cfg.train.loggers)
     mesh = sharding.mesh_from_config(cfg.mesh)
     mesh_lib.check_batch_size(cfg.data.batch_size, mesh)
     mesh_lib.check_batch_size(cfg.data.eval_batch_size, mesh, "data.eval_batch_size")  # not after training
@@ -80,7 +82,7 @@ def _session(cfg: Config, workdir: pathlib.Path, mesh: Any, stop_after: int | No
         data_it.set_state(data_state)
     step_fn = _jit_step(cfg, exp, task, mesh, placement)
     start = int(state["step"])
-    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0, loggers=t.loggers, config=cfg.to_dict())
     writer.truncate_after(start)
     run = actions.Run(exp, workdir, mesh, writer, Progress(exp.total_steps, start, t.progress, quiet),
                       checkpointer, state, step=start, last_saved=latest)

@@ -1,10 +1,13 @@
-"""Metrics: JSON lines in ``metrics.jsonl``, TensorBoard event files, and PNG curves."""
+"""Metrics: JSON lines in ``metrics.jsonl``, TensorBoard event files, experiment trackers
+(W&B, MLflow: ``vistas.train.trackers``), and PNG curves."""
 
 from __future__ import annotations
 
 import json
 import math
 import pathlib
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 from vistas.errors import VistasError
@@ -23,12 +26,26 @@ write_file = atomic_write  # whole or not at all; a failed write (a full disk) i
 
 
 class MetricsWriter:
-    """Appends ``{"step": ..., name: value}`` rows; mirrors scalars to TensorBoard."""
+    """Appends ``{"step": ..., name: value}`` rows; mirrors scalars to TensorBoard and the
+    experiment trackers.
 
-    def __init__(self, workdir: pathlib.Path, *, enabled: bool = True, tensorboard: bool = True):
+    ``loggers`` (``train.loggers``; None: TensorBoard as ``tensorboard`` says, no tracker)
+    names them; the trackers get ``config`` (the run's, as a dict) as their parameters. A
+    writer that is not ``enabled`` (every process but 0) writes and opens nothing.
+    """
+
+    def __init__(self, workdir: pathlib.Path, *, enabled: bool = True, tensorboard: bool = True,
+                 loggers: Sequence[str] | None = None, config: dict | None = None):
         self.path = workdir / "metrics.jsonl"
         self.enabled = enabled
         self._tb = None
+        self.trackers: list = []
+        if loggers is not None:
+            tensorboard = "tensorboard" in loggers
+            if enabled:
+                from vistas.train import trackers
+
+                self.trackers = trackers.start(loggers, workdir, config or {})
         if enabled and tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -54,15 +71,33 @@ class MetricsWriter:
         except OSError as e:  # a row cut short is dropped when the run resumes
             raise VistasError(f"could not write metrics of step {step} to {self.path}: "
                               f"{e.strerror or e}; {advice(e)}") from e
+        scalars = {k: v for k, v in row.items() if k != "step" and isinstance(v, float)}
         if self._tb is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, float):
-                    self._tb.add_scalar(k, v, int(step))
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, int(step))
+        for tracker in self.trackers:
+            if scalars:
+                tracker.log(int(step), scalars)
 
     def close(self) -> None:
+        """Closes TensorBoard and the trackers (a tracker run ends failed when an error is on
+        its way out); every one is closed, then the first failure is raised."""
+        failed = sys.exc_info()[1] is not None
+        first: BaseException | None = None
         if self._tb is not None:
-            self._tb.flush()
-            self._tb.close()
+            try:
+                self._tb.flush()
+                self._tb.close()
+            except Exception as e:  # noqa: BLE001  (the trackers are closed too)
+                first = e
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            try:
+                tracker.close(failed)
+            except Exception as e:  # noqa: BLE001
+                first = first or e
+        if first is not None:
+            raise first
 
 
 def read_metrics(path: pathlib.Path) -> list[dict]:

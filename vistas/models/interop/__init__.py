@@ -9,13 +9,16 @@
   API), vistas' own ``.npz`` files, and run directories written by ``vistas train``.
 - ``load_params(source, model)`` fills a model's parameters from any of those: scanned or
   unscanned, fused or unfused, another image size (the learned position embedding is
-  resampled bilinearly, non-square grids included), optionally a new head.
+  resampled, non-square grids included, as the checkpoint's own framework does it unless
+  ``resample`` names another: ``vistas``, ``big_vision`` or ``timm``), optionally a new head.
 - ``save(path, params, cfg, fmt)`` writes ``big_vision``, ``timm`` or ``vistas`` files;
   ``convert`` (``vistas convert SRC DST``) chains the two.
 
-Differences that would change the function are errors naming the key (and shape), never
-silently dropped: e.g. timm's LayerScale, register tokens or LayerNorm after pooling, or a
-ViT-22B parallel block written as big_vision or timm (which have none).
+Differences that would change the function are errors naming the key (and shape) or the
+reason, never silently dropped: e.g. timm's max pooling or LayerNorm before the blocks, or
+a ViT-22B parallel block written as big_vision or timm (which have none). timm's LayerScale,
+register tokens and LayerNorm after pooling are read into the vistas ViT options
+``init_values``, ``reg_tokens`` and ``fc_norm``.
 
 Modules, each importing only those listed before it:
 
@@ -34,6 +37,7 @@ from vistas.models.interop.core import (
     FORMATS,
     assign,
     convert,
+    default_resample,
     detect_format,
     export,
     format_for,
@@ -48,7 +52,7 @@ from vistas.models.interop.core import (
 from vistas.models.interop.timm import from_timm, to_timm
 
 __all__ = [
-    "FORMATS", "Checkpoint", "assign", "convert", "describe", "detect_format", "export",
+    "FORMATS", "Checkpoint", "assign", "convert", "default_resample", "describe", "detect_format", "export",
     "format_for", "from_big_vision", "from_timm", "infer_config", "load_model", "load_params",
     "model_params", "parse_image_size", "read", "save", "to_big_vision", "to_timm", "to_vistas",
 ]

@@ -5,8 +5,8 @@ the scanned ``encoderblock`` layouts; class-token, GAP and MAP heads; ``pre_logi
 older layouts big_vision itself still loads (pre-linen module numbering, the position
 embedding under ``Transformer/``, the class token's embedding folded into ``pos_embedding``,
 an inlined MAP head). Writes ``params/...`` keys in the scanned or unscanned layout.
-big_vision's ViT has no parallel block, QK-norm or bias-free QKV/LayerNorm: a model with
-any of them is an error.
+big_vision's ViT has no parallel block, QK-norm, bias-free QKV/LayerNorm, LayerScale,
+register tokens or LayerNorm after pooling: a model with any of them is an error.
 """
 
 from __future__ import annotations
@@ -30,10 +30,26 @@ _MAP = {"probe": "probe", "MultiHeadDotProductAttention_0": "attn", "LayerNorm_0
 
 
 def read(path: pathlib.Path, *, model: str | None = None, image_size: Any = None) -> base.Checkpoint:
-    """A big_vision ``.npz`` file; its kernels show the number of heads."""
-    params = from_big_vision(base.read_npz(path), path)
-    cfg = base.infer_config(params, image_size=image_size, path=path, gelu="tanh")
+    """A big_vision ``.npz`` file; its kernels show the number of heads. A parameter missing
+    from the file is named as the file names it."""
+    flat = base.read_npz(path)
+    prefix = next((p for p in ("params/", "opt/target/") if any(k.startswith(p) for k in flat)), "")
+
+    def native(key: str) -> str:
+        return prefix + native_key(key)
+
+    params = from_big_vision(flat, path)
+    cfg = base.infer_config(params, image_size=image_size, path=path, native=native, gelu="tanh")
+    base.check_complete(params, cfg, path, native)
     return base.Checkpoint(params, base.with_variant(cfg, model), "big_vision", str(path))
+
+
+def native_key(key: str) -> str:
+    """big_vision's name (without ``params/``) of the vistas parameter ``key``."""
+    try:
+        return _big_vision_key(key)
+    except ConfigError:
+        return key
 
 
 def write(path: pathlib.Path, params: Mapping, cfg: vit.ViTConfig, *, scan: bool | None = None) -> None:
@@ -127,24 +143,31 @@ def from_big_vision(flat: Mapping[str, np.ndarray], path: Any = "checkpoint") ->
 def to_big_vision(params: Mapping, cfg: vit.ViTConfig, *, scan: bool | None = None) -> dict[str, np.ndarray]:
     """vistas parameters -> flat big_vision keys (``params/...``)."""
     base.require(cfg, "big_vision", parallel_block=cfg.parallel, qk_norm=cfg.qk_norm,
-             bias_free_qkv=not cfg.qkv_bias, bias_free_layernorm=not cfg.norm_bias)
+             bias_free_qkv=not cfg.qkv_bias, bias_free_layernorm=not cfg.norm_bias,
+             LayerScale=cfg.init_values is not None, register_tokens=bool(cfg.reg_tokens),
+             LayerNorm_after_pooling=cfg.fc_norm)
     scan = cfg.scan if scan is None else scan
     params = vit.stack_blocks(params) if scan else vit.unstack_blocks(params)
-    inv_block = {v: k for k, v in _BLOCK.items()}
-    inv_map = {v: k for k, v in _MAP.items()}
     out: dict[str, np.ndarray] = {}
     for key, value in adapt.flatten(params).items():
-        if m := re.fullmatch(r"encoder/block(\d+)/(.+)", key):
-            new = f"Transformer/encoderblock_{int(m.group(1))}/" + _sub(inv_block, m.group(2), key, "model")
-        elif m := re.fullmatch(r"encoder/blocks/(.+)", key):
-            new = "Transformer/encoderblock/" + _sub(inv_block, m.group(1), key, "model")
-        elif key.startswith("encoder/norm/"):
-            new = "Transformer/encoder_norm/" + key.rsplit("/", 1)[1]
-        elif m := re.fullmatch(r"map_head/(.+)", key):
-            new = "MAPHead_0/" + _sub(inv_map, m.group(1), key, "model")
-        else:
-            new = key
         if np.size(value):
-            out["params/" + new] = base.f32(value)
+            out["params/" + _big_vision_key(key)] = base.f32(value)
     return out
+
+
+_INV_BLOCK = {v: k for k, v in _BLOCK.items()}
+_INV_MAP = {v: k for k, v in _MAP.items()}
+
+
+def _big_vision_key(key: str) -> str:
+    """vistas parameter name -> big_vision's (without ``params/``)."""
+    if m := re.fullmatch(r"encoder/block(\d+)/(.+)", key):
+        return f"Transformer/encoderblock_{int(m.group(1))}/" + _sub(_INV_BLOCK, m.group(2), key, "model")
+    if m := re.fullmatch(r"encoder/blocks/(.+)", key):
+        return "Transformer/encoderblock/" + _sub(_INV_BLOCK, m.group(1), key, "model")
+    if key.startswith("encoder/norm/"):
+        return "Transformer/encoder_norm/" + key.rsplit("/", 1)[1]
+    if m := re.fullmatch(r"map_head/(.+)", key):
+        return "MAPHead_0/" + _sub(_INV_MAP, m.group(1), key, "model")
+    return key
 

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from vistas.errors import ConfigError, VistasError
-from vistas.files import atomic_path
+from vistas.files import advice, atomic_path
 from vistas.models import adapt, vit
 from vistas.models.interop import base, big_vision, timm
 from vistas.models.interop.base import Checkpoint, describe
@@ -45,6 +45,8 @@ def detect_format(path: str | pathlib.Path) -> str:
     if p.suffix == ".safetensors":
         return "timm"
     if p.suffix == ".npz":
+        if (why := base.npz_problem(p)) is not None:
+            raise VistasError(f"{p} is not a readable .npz archive ({why})")
         try:
             with np.load(p, allow_pickle=False) as z:
                 return "vistas" if base.VISTAS_META in z.files else "big_vision"
@@ -73,8 +75,13 @@ def read(path: str | pathlib.Path, *, model: str | None = None, image_size: Any 
         return Checkpoint(params, base.with_variant(cfg, model), "run", str(path))
     if fmt == "vistas":
         flat = base.read_npz(path)
-        cfg = base.config_from_json(str(flat.pop(base.VISTAS_META)))
-        return Checkpoint(base.nest(flat), base.with_variant(cfg, model), fmt, str(path))
+        try:
+            cfg = base.config_from_json(str(flat.pop(base.VISTAS_META)))
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{path}: its config ({base.VISTAS_META!r}) is damaged ({e})") from None
+        params = base.nest(flat)
+        base.check_complete(params, cfg, path)
+        return Checkpoint(params, base.with_variant(cfg, model), fmt, str(path))
     if fmt == "big_vision":
         return big_vision.read(path, model=model, image_size=image_size)
     return timm.read(path, model=model, image_size=image_size)
@@ -94,22 +101,34 @@ def _concrete(tree: Any) -> Any:
                         tree)
 
 
+def default_resample(fmt: str) -> str:
+    """How a checkpoint of format ``fmt`` changes resolution in its own framework: big_vision
+    files as big_vision does, timm files as timm does, vistas files and runs as vistas does
+    (``adapt.RESAMPLES``)."""
+    return fmt if fmt in ("big_vision", "timm") else "vistas"
+
+
 def load_params(source: str | pathlib.Path | Checkpoint, model: nnx.Module, *,
-                reset_head: bool = False) -> dict:
+                reset_head: bool = False, resample: str | None = None) -> dict:
     """``model``'s parameters filled from ``source`` (a path or a :class:`Checkpoint`).
 
     Converts between scanned/unscanned and fused/unfused layouts, resamples a learned
-    position embedding to ``model``'s patch grid, and with ``reset_head`` keeps ``model``'s
-    own head where the checkpoint's has another number of classes (or none). Anything
-    else that differs is a one-line :class:`ConfigError` naming the parameter and shapes.
-    ``model`` may be abstract (``nnx.eval_shape``): no weights need to be initialised.
+    position embedding to ``model``'s patch grid (``resample``: ``vistas``, ``big_vision``
+    or ``timm``'s convention; default the checkpoint's own framework's, see
+    :func:`default_resample`), and with ``reset_head`` keeps ``model``'s own head where the
+    checkpoint's has another number of classes (or none). Anything else that differs is a
+    one-line :class:`ConfigError` naming the parameter and shapes. ``model`` may be
+    abstract (``nnx.eval_shape``): no weights need to be initialised.
     """
+    if resample is not None:
+        adapt.check_resample(resample)
     ckpt = source if isinstance(source, Checkpoint) else read(source, image_size=_hw(model))
     target = _concrete(model_params(model))
     params = vit.convert_layout(ckpt.params, target)
     target_grid = getattr(getattr(model, "cfg", None), "grid", None)
     return adapt.adapt_params(params, target, reset_head=reset_head, target_grid=target_grid,
-                              source_grid=ckpt.cfg.grid if ckpt.cfg.posemb == "learn" else None)
+                              source_grid=ckpt.cfg.grid if ckpt.cfg.posemb == "learn" else None,
+                              resample=resample or default_resample(ckpt.format))
 
 
 def _hw(model: nnx.Module) -> Any:
@@ -128,9 +147,12 @@ def assign(model: nnx.Module, params: Mapping) -> nnx.Module:
 
 
 def load_model(path: str | pathlib.Path | Checkpoint, *, model: str | None = None,
-               **options: Any) -> nnx.Module:
+               resample: str | None = None, **options: Any) -> nnx.Module:
     """A ``VisionTransformer`` built from a checkpoint's config (``options`` override it,
-    e.g. ``image_size=384`` or ``scan=True``) with the checkpoint's weights."""
+    e.g. ``image_size=384``, ``scan=True`` or ``gelu="tanh"``) with the checkpoint's weights
+    (``resample``: see :func:`load_params`)."""
+    if resample is not None:
+        adapt.check_resample(resample)
     ckpt = path if isinstance(path, Checkpoint) else read(path, model=model)
     cfg = dataclasses.replace(ckpt.cfg, **options)
     new_head = cfg.num_classes != ckpt.cfg.num_classes
@@ -138,16 +160,17 @@ def load_model(path: str | pathlib.Path | Checkpoint, *, model: str | None = Non
     net = nnx.eval_shape(lambda: vit.VisionTransformer(cfg, rngs=nnx.Rngs(0)))
     if new_head:  # the only weights to initialise
         net.reset_head(cfg.num_classes, rngs=nnx.Rngs(0))
-    return assign(net, load_params(ckpt, net, reset_head=new_head))
+    return assign(net, load_params(ckpt, net, reset_head=new_head, resample=resample))
 
 
-def _adapt_to(ckpt: Checkpoint, cfg: vit.ViTConfig) -> dict:
+def _adapt_to(ckpt: Checkpoint, cfg: vit.ViTConfig, resample: str) -> dict:
     """``ckpt``'s parameters for a model of ``cfg`` without initialising that model."""
     abstract = nnx.eval_shape(lambda: vit.VisionTransformer(cfg, rngs=nnx.Rngs(0)))
     target = _concrete(model_params(abstract))
     params = vit.convert_layout(ckpt.params, target)
     return adapt.adapt_params(params, target, reset_head=False, target_grid=cfg.grid,
-                              source_grid=ckpt.cfg.grid if ckpt.cfg.posemb == "learn" else None)
+                              source_grid=ckpt.cfg.grid if ckpt.cfg.posemb == "learn" else None,
+                              resample=resample)
 
 
 # ----------------------------------------------------------------------------------------
@@ -170,7 +193,12 @@ def save(path: str | pathlib.Path, params: Mapping, cfg: vit.ViTConfig, fmt: str
     if fmt not in FORMATS:
         raise ConfigError(f"unknown checkpoint format {fmt!r}; use one of {', '.join(FORMATS)}")
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_destination(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VistasError(f"cannot write {path}: cannot create the folder {path.parent}: "
+                          f"{e.strerror or e}; {advice(e)}") from None
     params = jax.tree.map(np.asarray, jax.device_get(dict(params)))
     with atomic_path(path) as tmp:
         if fmt == "timm":
@@ -184,6 +212,20 @@ def save(path: str | pathlib.Path, params: Mapping, cfg: vit.ViTConfig, fmt: str
             with open(tmp, "wb") as f:
                 np.savez(f, **to_vistas(params, cfg))
     return path
+
+
+def check_destination(path: str | pathlib.Path) -> None:
+    """One line, before anything is read or written, for a destination that cannot be a
+    file: a folder, or a path below a regular file. (Permissions and space are found by
+    the write itself, whose failure is one line too.)"""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        raise VistasError(f"cannot write {path}: {path} is a folder; name the file to write")
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise VistasError(f"cannot write {path}: {parent} is a file, not a folder")
+            return
 
 
 def export(model: nnx.Module, path: str | pathlib.Path, fmt: str | None = None) -> pathlib.Path:
@@ -215,20 +257,38 @@ def parse_image_size(text: str | int | None) -> Any:
 
 
 def convert(src: str | pathlib.Path, dst: str | pathlib.Path, *, to: str | None = None,
-            model: str | None = None, image_size: Any = None, scan: bool | None = None) -> dict:
+            model: str | None = None, image_size: Any = None, scan: bool | None = None,
+            resample: str | None = None, gelu: str | None = None) -> dict:
     """Reads ``src`` (any supported checkpoint), optionally changes the image size (the
-    position embedding is resampled), and writes ``dst``; returns a summary."""
+    position embedding is resampled as ``resample`` says, by default as the checkpoint's
+    own framework does: :func:`default_resample`) and the GELU recorded for the weights
+    (``tanh`` or ``exact``: a file may not say which its model was trained with), and writes
+    ``dst``; returns a summary."""
+    check_destination(dst)
     fmt = to or format_for(dst)
     if fmt not in FORMATS:
         raise ConfigError(f"unknown checkpoint format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if resample is not None:
+        adapt.check_resample(resample)
+    if gelu is not None and gelu not in vit.GELUS:
+        raise ConfigError(f"unknown GELU {gelu!r}; use one of {', '.join(vit.GELUS)}")
     image_size = parse_image_size(image_size)
     ckpt = read(src, model=model, image_size=image_size)
     cfg = ckpt.cfg
     if image_size is not None:
         cfg = dataclasses.replace(cfg, image_size=image_size)
-    params = _adapt_to(ckpt, cfg)  # also checks every shape against the config
+    if gelu is not None:
+        cfg = dataclasses.replace(cfg, gelu=gelu)
+    resample = resample or default_resample(ckpt.format)
+    try:
+        params = _adapt_to(ckpt, cfg, resample)  # also checks every shape against the config
+    except ConfigError as e:  # e.g. --model with other sizes than the file's
+        raise ConfigError(f"{src}: {e}" + (f" (--model {model})" if model else "")) from None
     save(dst, params, cfg, fmt, scan=scan)
     return {"src": str(src), "src_format": ckpt.format, "dst": str(dst), "dst_format": fmt,
             "model": describe(cfg), "params": base.count(params), "src_image_size": ckpt.cfg.image_size,
-            "image_size": cfg.image_size, "pool": cfg.pool, "num_classes": cfg.num_classes}
+            "image_size": cfg.image_size, "pool": cfg.pool, "num_classes": cfg.num_classes,
+            "resample": resample if cfg.grid != ckpt.cfg.grid and cfg.posemb == "learn" else None,
+            "gelu": cfg.gelu, "fc_norm": cfg.fc_norm, "reg_tokens": cfg.reg_tokens,
+            "layer_scale": cfg.init_values is not None}
 
