@@ -150,10 +150,22 @@ def array_digests(tree: Any) -> dict[str, dict]:
     """``{path: {"shape", "dtype", "digest"}}`` of the arrays of ``tree`` (JAX or NumPy
     arrays), each digest a hex string of 16 digits; every process gets the same."""
     named = {name: x for name, x in named_leaves(tree).items() if _digestible(x)}
-    sums = jax.device_get({name: _digest(x) for name, x in named.items()})  # dispatched together
+    # Arrays on one device are dispatched together; an array split over devices is summed
+    # with a collective, and those run one at a time: XLA:CPU's collectives deadlock when
+    # more of them are in flight than its thread pool can seat participants for.
+    sums = {name: _digest(x) for name, x in named.items() if not _spread(x)}
+    for name, x in named.items():
+        if _spread(x):
+            sums[name] = jax.block_until_ready(_digest(x))
+    sums = jax.device_get(sums)
     return {name: {"shape": list(x.shape), "dtype": str(x.dtype),
                    "digest": "".join(f"{int(v):08x}" for v in sums[name])}
             for name, x in named.items()}
+
+
+def _spread(x: Any) -> bool:
+    sharding = getattr(x, "sharding", None)
+    return sharding is not None and len(sharding.device_set) > 1
 
 
 def _data_digest(data: Any) -> str | None:
