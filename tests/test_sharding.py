@@ -240,6 +240,19 @@ def vit_like_param_bytes(cfg):
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
+def test_find_batch_steps_down_along_the_refitted_law_when_the_probes_mislead(one_device):
+    """Probes of 2 and 4 examples of a tiny model see almost no growth per example, so the
+    law's first answer (~21,000) needs 3x the budget; the search refits the law through
+    that miss and the largest fit instead of giving up."""
+    cfg = shapefind.shapefind_config("vit-mu/16", image_size=32, overrides=[
+        "model.width=32", "model.depth=2", "model.mlp_dim=64", "model.num_heads=2"])
+    budget = 256 * 2**20
+    found = shapefind.find_batch(cfg, 10, one_device, budget, probe=2)
+    assert found.tried[2].peak > budget  # the first answer did not fit
+    assert found.fits is not None and found.fits.peak <= budget
+    assert found.batch_per_device > 1000 and len(found.tried) <= 6
+
+
 def test_find_batch_returns_the_largest_batch_within_the_budget(one_device):
     cfg = tiny_cfg(optimizer="adam")  # its probes, batches 8 and 16, are the steps of the test above
     budget = shapefind.step_memory(cfg, 10, one_device, 40).peak + 1000

@@ -109,8 +109,10 @@ class Search:
 def find_batch(cfg: Config, num_classes: int, mesh: Any, budget: int, *, probe: int = 8,
                max_batch: int = 65536) -> Search:
     """The largest batch per device whose step fits ``budget`` bytes: two compiles fix the
-    affine law ``peak(b) = fixed + b·per_example``, a third confirms its answer (stepping
-    down by the law's error until one fits)."""
+    affine law ``peak(b) = fixed + b·per_example``, a third confirms its answer. Where the
+    answer does not fit (memory grows faster than the small probes showed, as XLA changes
+    its fusion and layouts with the batch), the law is refitted through the answer and the
+    largest batch known to fit, and the search steps down along it until one fits."""
     tried = [step_memory(cfg, num_classes, mesh, probe), step_memory(cfg, num_classes, mesh, 2 * probe)]
     a, b = tried
     per_example = max(1, (b.peak - a.peak) / probe)
@@ -124,7 +126,15 @@ def find_batch(cfg: Config, num_classes: int, mesh: Any, budget: int, *, probe: 
             known[guess] = m
         if m.peak <= budget:
             return Search(budget, guess, tried)
-        guess = min(guess - 1, int(math.floor(guess - (m.peak - budget) / per_example)))
+        fits = [k for k, v in known.items() if v.peak <= budget and k < guess]
+        ref = known[max(fits)] if fits else None
+        if ref is None:  # nothing known to fit: the law through the smallest probe
+            slope = (m.peak - a.peak) / max(1, guess - a.batch_per_device)
+            step_down = int(math.floor(guess - (m.peak - budget) / max(1.0, slope)))
+        else:  # secant between the largest fit and this miss
+            slope = (m.peak - ref.peak) / (guess - ref.batch_per_device)
+            step_down = int(math.floor(ref.batch_per_device + (budget - ref.peak) / max(1.0, slope)))
+        guess = min(guess - 1, step_down)
     return Search(budget, 0, tried)
 
 
