@@ -145,8 +145,12 @@ def test_convert_into_a_folder_without_write_permission_is_one_line(weights, tmp
 
 def test_a_failing_safetensors_write_is_one_line(weights, tmp_path, capsys):
     """safetensors reports a failed write as its own error, not an OSError: here the
-    temporary file's name is taken by a folder (a fault that fails for root too)."""
-    (tmp_path / "out.safetensors.tmp").mkdir()
+    temporary file's name (the writer's own: process and thread) is taken by a folder (a
+    fault that fails for root too)."""
+    import os
+    import threading
+
+    (tmp_path / f"out.safetensors.{os.getpid()}-{threading.get_native_id()}.tmp").mkdir()
     err = one_line_exit_2(["convert", weights["big_vision"], tmp_path / "out.safetensors"], capsys)
     assert f"could not write {tmp_path / 'out.safetensors'}: Is a directory" in err, err
 
