@@ -353,3 +353,35 @@ def test_reading_commands_keep_orbax_notices_off_the_terminal(tmp_path):
         assert "read only" not in proc.stderr and "absl" not in proc.stderr, (name, proc.stderr[-2000:])
         (log,) = logs.glob("vistas-*.log")
         assert "Given directory is read only" in log.read_text(), name
+
+
+EXIT_WITH_A_FULL_LOG = """
+import logging, os, resource, signal, sys, threading
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+from vistas import cli
+cli.route_library_logs()
+logging.getLogger("absl").error("a library's traceback " * 20)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64, resource.RLIM_INFINITY))
+sys.stderr = cli._ThreadRoutedStderr(sys.stderr)
+thread = threading.Thread(target=lambda: print("an orbax writer thread " * 2000, file=sys.stderr))
+thread.start()
+thread.join()
+print("vistas: error: the command's line", file=sys.stderr)
+cli._quiet_exit()
+print("a library at shutdown " * 2000, file=sys.stderr)
+sys.exit(2)
+"""
+
+
+def test_a_library_log_past_a_full_disk_keeps_the_exit_status(tmp_path):
+    """On a full disk the library log cannot take what library threads print, at any moment or
+    at shutdown: that text is dropped, and the interpreter's last flush of stderr does not turn
+    the command's exit status 2 into 120."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", EXIT_WITH_A_FULL_LOG], capture_output=True, text=True,
+                          env={**os.environ, "VISTAS_LOG_DIR": str(tmp_path / "logs")}, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr == "vistas: error: the command's line\n"

@@ -158,7 +158,7 @@ class _ThreadRoutedStderr:
         if self._log is None:
             path = _library_log_path()
             try:
-                self._log = open(path, "a") if path else self._terminal  # noqa: SIM115
+                self._log = _LogFile(open(path, "a")) if path else self._terminal  # noqa: SIM115
             except OSError:
                 self._log = self._terminal
         return self._log.write(text)
@@ -170,6 +170,30 @@ class _ThreadRoutedStderr:
 
     def __getattr__(self, name: str):  # fileno, isatty, encoding, ... of the terminal
         return getattr(self._terminal, name)
+
+
+class _LogFile:
+    """The library log as a stream that never fails its writer: on a full disk (or past a
+    file-size limit) what library threads print is dropped, and the interpreter's final flush
+    of ``sys.stderr`` cannot turn the command's exit status into 120."""
+
+    def __init__(self, file):
+        self._file = file
+
+    def write(self, text: str) -> int:
+        try:
+            return self._file.write(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._file.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
 
 
 def _quiet_exit() -> None:
@@ -184,7 +208,7 @@ def _quiet_exit() -> None:
             log = open(path, "a")  # noqa: SIM115  (open until the process ends)
         except OSError:
             return
-        sys.stderr = log
+        sys.stderr = _LogFile(log)
         # The interpreter's shutdown puts sys.__stderr__ back as sys.stderr, and C++ threads
         # write to the descriptor itself: from here on descriptor 2 is the log too.
         try:
