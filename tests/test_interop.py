@@ -405,7 +405,9 @@ def test_timm_logits_match_the_reference_before_and_after_a_round_trip(case, tmp
     save_file(sd, str(tmp_path / "timm.safetensors"))
     x = images()
     expect = timm_reference(sd, x, opts["pool"])
-    model = interop.load_model(tmp_path / "timm.safetensors", model="vit-test/4")
+    # a bare class-token file could also be averaging (tests/test_interop_timm_options.py): say which
+    told = opts["pool"] if "cls_token" in sd and opts["pool"] == "token" else None
+    model = interop.load_model(tmp_path / "timm.safetensors", model="vit-test/4", global_pool=told)
     assert model.cfg.gelu == "exact" and model.cfg.num_heads == H
     assert model.cfg.pool == {"token": "tok", "avg": "gap", "map": "map"}[opts["pool"]]
     np.testing.assert_allclose(logits_of(model, x), expect, **TOL)
@@ -422,18 +424,19 @@ def test_timm_heads_come_from_the_variant_qk_norm_or_the_size_table(tmp_path, mo
     sd = timm_checkpoint()
     path = tmp_path / "timm.safetensors"
     save_file(sd, str(path))
-    assert interop.read(path, model="vit-test/4").cfg.num_heads == H
+    tok = dict(global_pool="token")  # a bare class-token file: see tests/test_interop_timm_options.py
+    assert interop.read(path, model="vit-test/4", **tok).cfg.num_heads == H
     # Without --model, the first named size of that width: "mu" (2 heads) for width 32.
-    assert interop.read(path).cfg.num_heads == vit.SIZES["mu"][3] != H
+    assert interop.read(path, **tok).cfg.num_heads == vit.SIZES["mu"][3] != H
     monkeypatch.setitem(vit.SIZES, "mu", (D, 1, 128, H))
-    np.testing.assert_allclose(logits_of(interop.load_model(path), images()),
+    np.testing.assert_allclose(logits_of(interop.load_model(path, **tok), images()),
                                timm_reference(sd, images()), **TOL)
     save_file(timm_checkpoint(qk_norm=True), str(tmp_path / "qk.safetensors"))
     monkeypatch.delitem(vit.SIZES, "mu")
     monkeypatch.delitem(vit.SIZES, "test")
-    assert interop.read(tmp_path / "qk.safetensors").cfg.num_heads == H  # the q_norm shape shows it
+    assert interop.read(tmp_path / "qk.safetensors", **tok).cfg.num_heads == H  # the q_norm shape shows it
     with pytest.raises(ConfigError, match="cannot tell the number of heads .* give the variant"):
-        interop.read(path)
+        interop.read(path, **tok)
 
 
 @pytest.mark.parametrize("pool", ["gap", "tok"])
@@ -499,9 +502,9 @@ def test_timm_features_without_a_counterpart_are_named(key, what, tmp_path):
     sd[key] = np.ones((1, 1, D) if key == "dist_token" else (D,), np.float32)
     save_file(sd, str(tmp_path / "t.safetensors"))
     with pytest.raises(ConfigError, match=f"timm key '{key}' \\(.*{what}"):
-        interop.read(tmp_path / "t.safetensors", model="vit-test/4")
+        interop.read(tmp_path / "t.safetensors", model="vit-test/4", global_pool="token")
     with pytest.raises(ConfigError, match="width 32 is not divisible into 12 heads"):
-        interop.read(tmp_path / "t.safetensors", model="vit-B/4")
+        interop.read(tmp_path / "t.safetensors", model="vit-B/4", global_pool="token")
 
 
 def test_blocks_that_a_format_lacks_are_refused(tmp_path):

@@ -26,6 +26,7 @@ from vistas import cli
 from vistas import config as config_lib
 from vistas.errors import ConfigError
 from vistas.models import adapt, create, interop, vit
+from vistas.models.interop import timm as timm_interop
 from vistas.systems import flops
 
 D, H, M, DEPTH, P, C, K = 32, 4, 64, 2, 4, 3, 5  # width, heads, MLP, blocks, patch, channels, classes
@@ -244,7 +245,9 @@ def test_timm_options_match_timms_forward_before_and_after_a_round_trip(case, tm
     path = write_timm(tmp_path, sd, args, source)
     x = images()
     expect = timm_forward(sd, args, x)
-    model = interop.load_model(path, model="vit-test/4")
+    # a bare file whose weights fit two poolings needs to be told which (see below)
+    told = args["global_pool"] if source == "none" and timm_interop.pooling_is_ambiguous(sd) else None
+    model = interop.load_model(path, model="vit-test/4", global_pool=told)
     cfg = model.cfg
     unpooled_cls = args["class_token"] and args["global_pool"] != "token"
     assert cfg.reg_tokens == args["reg_tokens"] + unpooled_cls  # a class token not pooled: a register
@@ -272,8 +275,9 @@ def test_timm_options_match_timms_forward_before_and_after_a_round_trip(case, tm
 def test_averaging_with_a_class_token_is_read_from_timms_config_json(tmp_path):
     """The weights of a class-token model and of an averaging one that keeps its class
     token (and has no fc_norm) are the same arrays: only timm's arguments tell them apart.
-    Without them a file is read as timm builds it by default (class-token pooling); with
-    the config.json of timm's Hub files, or vistas' metadata, it averages as timm does."""
+    Without them reading the file is a one-line error asking which (never a guess); told
+    (``global_pool``), or with the config.json of timm's Hub files, or vistas' metadata, it
+    computes what timm does."""
     args = timm_args(global_pool="avg", fc_norm=False)
     sd = timm_state_dict(args)
     x = images()
@@ -281,9 +285,22 @@ def test_averaging_with_a_class_token_is_read_from_timms_config_json(tmp_path):
     assert np.abs(averaged - pooled).max() > 0.1  # the two readings really differ
     (tmp_path / "bare").mkdir()
     bare = write_timm(tmp_path / "bare", sd, args, "none")
-    model = interop.load_model(bare, model="vit-test/4")
+    with pytest.raises(ConfigError, match=r"fit both class-token pooling and averaging .* give "
+                       r"global_pool='token' or 'avg'") as e:
+        interop.load_model(bare, model="vit-test/4")
+    assert str(e.value).startswith(str(bare)) and "\n" not in str(e.value)
+    assert cli.main(["convert", str(bare), str(tmp_path / "o.npz"), "--model", "vit-test/4"]) == 2
+    model = interop.load_model(bare, model="vit-test/4", global_pool="token")
     assert model.cfg.pool == "tok"
     np.testing.assert_allclose(logits_of(model, x), pooled, **TOL)
+    model = interop.load_model(bare, model="vit-test/4", global_pool="avg")
+    assert model.cfg.pool == "gap" and model.cfg.reg_tokens == 1
+    np.testing.assert_allclose(logits_of(model, x), averaged, **TOL)
+    assert cli.main(["convert", str(bare), str(tmp_path / "o.vistas.npz"), "--model", "vit-test/4",
+                     "--global-pool", "avg"]) == 0
+    np.testing.assert_allclose(logits_of(interop.load_model(tmp_path / "o.vistas.npz"), x), averaged, **TOL)
+    with pytest.raises(ConfigError, match=r"global_pool='avg'"):  # told otherwise than the file says
+        interop.load_model(write_timm(tmp_path, sd, args, "metadata"), global_pool="token")
     (tmp_path / "hub").mkdir()
     hub = write_timm(tmp_path / "hub", sd, args, "hub")
     model = interop.load_model(hub, model="vit-test/4")

@@ -11,7 +11,7 @@ def run(args: argparse.Namespace) -> int:
 
     r = interop.convert(args.src, args.dst, to=args.to, model=args.model,
                         image_size=args.image_size, scan=args.scan, resample=args.resample,
-                        gelu=args.gelu)
+                        gelu=args.gelu, global_pool=args.global_pool)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
@@ -29,8 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     cv = sub.add_parser("convert", help="convert ViT checkpoints: big_vision .npz, timm .safetensors, "
                         "vistas runs and files",
                         description="Reads SRC (a big_vision .npz, a timm .safetensors, a vistas "
-                        ".vistas.npz file or a `vistas train` run directory) and writes DST.")
-    cv.add_argument("src")
+                        ".vistas.npz file, a `vistas train` run directory or a Hugging Face Hub id "
+                        "hf-hub:ORG/NAME) and writes DST.")
+    cv.add_argument("src", help="file, run directory or hf-hub:ORG/NAME[@REVISION][/FILE] (needs "
+                    "vistas[hub]; HF_HUB_OFFLINE=1 reads the local cache only)")
     cv.add_argument("dst", help="output file; its name picks the format unless --to is given: "
                     ".safetensors -> timm, .vistas.npz -> vistas, .npz -> big_vision")
     cv.add_argument("--to", choices=["big_vision", "timm", "vistas"], help="output format")
@@ -45,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     cv.add_argument("--gelu", choices=["tanh", "exact"],
                     help="the GELU the weights were trained with, where SRC does not say or says "
                     "wrongly (e.g. tanh for SigLIP weights in a timm file without its arguments)")
+    cv.add_argument("--global-pool", choices=["token", "avg", "map"],
+                    help="how a timm file's model pools (timm's global_pool) where the file does not "
+                    "say: a class token without fc_norm fits both class-token pooling and averaging")
     cv.add_argument("--scan", action=argparse.BooleanOptionalAction, default=None,
                     help="write the scanned layout (big_vision encoderblock, vistas encoder/blocks)")
     cv.add_argument("--json", action="store_true")

@@ -1,22 +1,30 @@
-"""``vistas finetune``: fine-tune a trained run on a target dataset."""
+"""``vistas finetune``: fine-tune a trained run, or pretrained ViT weights (a file or a
+Hugging Face Hub id), on a target dataset."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 
 from vistas.cli._args import _duration, overrides
 
 
 def run(args: argparse.Namespace) -> int:
+    from vistas.models.interop import hub
     from vistas.train import finetune
 
-    workdir = args.workdir or f"{str(args.upstream).rstrip('/')}-ft-{args.dataset}"
+    upstream = str(args.upstream).rstrip("/")
+    if hub.is_hub_id(upstream):  # hf-hub:ORG/NAME[@REV][/FILE] -> NAME
+        upstream = hub.parse(upstream)[0].split("/")[1]
+    elif not pathlib.Path(upstream).is_dir():  # a weights file: beside it, named after it
+        upstream = str(pathlib.Path(upstream).with_name(pathlib.Path(upstream).name.split(".")[0]))
+    workdir = args.workdir or f"{upstream}-ft-{args.dataset}"
     summary = finetune.finetune(
         args.upstream, workdir, dataset=args.dataset, resolution=args.resolution,
         duration=args.steps, lr=args.lr, batch_size=args.batch_size, warmup=args.warmup,
         decay=args.decay, sam_rho=args.sam_rho, seed=args.seed, resample=args.resample,
-        overrides=overrides(args), quiet=args.quiet)
+        global_pool=args.global_pool, overrides=overrides(args), quiet=args.quiet)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -30,15 +38,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    ft = sub.add_parser("finetune", help="fine-tune a trained run on a target dataset")
-    ft.add_argument("--from", dest="upstream", required=True, help="the upstream run (its workdir)")
+    ft = sub.add_parser("finetune", help="fine-tune a trained run or pretrained ViT weights on a target dataset")
+    ft.add_argument("--from", dest="upstream", required=True,
+                    help="the upstream: a run (its workdir), a ViT weights file (big_vision .npz, timm "
+                    ".safetensors, .vistas.npz) or a Hugging Face Hub id hf-hub:ORG/NAME (vistas[hub])")
+    ft.add_argument("--global-pool", choices=["token", "avg", "map"],
+                    help="how a timm file's model pools where the file does not say (see vistas convert)")
     ft.add_argument("--dataset", required=True, help="target dataset (see `vistas data list`)")
     ft.add_argument("--resolution", type=int, help="image size (default: the upstream's)")
     ft.add_argument("--resample", choices=["vistas", "big_vision", "timm"],
                     help="how the position embedding changes grid with --resolution: bilinear at "
                     "pixel centres (vistas, the default for vistas runs), linear with corners aligned "
                     "(big_vision), bicubic with antialiasing (timm)")
-    ft.add_argument("--workdir", help="output folder (default FROM-ft-DATASET); resumes if it holds the run")
+    ft.add_argument("--workdir", help="output folder (default FROM-ft-DATASET, for a file or Hub id its "
+                    "name's first part); resumes if it holds the run")
     ft.add_argument("--steps", default=500, type=_duration,
                     help="length: steps, or '10ep', '50000ex' (default 500)")
     ft.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")

@@ -1,4 +1,6 @@
-"""Fine-tuning transfer: start a run from an upstream run's parameters.
+"""Fine-tuning transfer: start a run from an upstream run's parameters, or from a ViT
+weights file or Hugging Face Hub id (``hf-hub:timm/vit_base_patch16_224.augreg2_in21k_ft_in1k``):
+:func:`checkpoint_config` reads the model's config from it.
 
 A fine-tuning run is an ordinary run (``loop.train``) whose config names the upstream run in
 ``train.init_from``: where its first parameters come from (``vistas.train.initial``). When
@@ -13,6 +15,7 @@ weight decay, gradient clipping at norm 1, optional SAM (``optim.sam_rho``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pathlib
 from typing import Any
 
@@ -21,6 +24,7 @@ from vistas import runs
 from vistas.config import Config
 from vistas.data import catalog
 from vistas.errors import ConfigError
+from vistas.models.interop import hub
 from vistas.runs import restore_params
 from vistas.train import loop
 from vistas.train.initial import HEAD, from_upstream
@@ -61,19 +65,62 @@ def transfer_config(upstream: Config, *, dataset: str, resolution: int | None = 
     t.duration, t.seed = duration, seed
     t.loss = "sigmoid_xent" if info.multi_label else "softmax_xent"
     t.eval_every, t.log_every, t.ckpt_every = "10%", "5%", "25%"
-    t.init_from = str(pathlib.Path(init_from).absolute())
+    t.init_from = init_from if hub.is_hub_id(init_from) else str(pathlib.Path(init_from).absolute())
     if resample is not None:
         t.init_resample = resample
     config_lib.apply_overrides(cfg, list(overrides or []))
     return cfg
 
 
-def finetune(upstream_dir: str | pathlib.Path, workdir: str | pathlib.Path, *, quiet: bool = False,
-             **options: Any) -> dict[str, Any]:
-    """Fine-tunes the upstream run's model (``transfer_config`` options) in ``workdir``."""
-    upstream = runs.load_config(pathlib.Path(upstream_dir))
-    cfg = transfer_config(upstream, init_from=upstream_dir, **options)
+# ModelConfig fields that a checkpoint's ViTConfig gives (the sizes are set apart)
+_VIT_FIELDS = ("pool", "posemb", "representation_size", "fc_norm", "init_values", "reg_tokens", "parallel",
+               "fused", "qk_norm", "qkv_bias", "norm_bias", "gelu")
+
+
+def checkpoint_config(source: str | pathlib.Path, *, global_pool: str | None = None) -> Config:
+    """The config of the model in a ViT weights file or Hugging Face Hub id ``source`` (read
+    by :mod:`vistas.models.interop`; ``global_pool``: see ``interop.read``), as an upstream
+    for :func:`transfer_config`: its sizes and block options, its image size and channels,
+    inputs scaled to [-1, 1] (timm's and big_vision's ViTs mostly take mean 0.5 and std 0.5;
+    models normalised otherwise adapt while they are fine-tuned)."""
+    from vistas.models.interop import base, core
+
+    ckpt = core.read(source, global_pool=global_pool)
+    vc = ckpt.cfg
+    if not isinstance(vc.image_size, int) and vc.image_size[0] == vc.image_size[1]:
+        vc = dataclasses.replace(vc, image_size=vc.image_size[0])
+    if not isinstance(vc.image_size, int):
+        raise ConfigError(f"{source}: its model takes {vc.image_size[0]}x{vc.image_size[1]} images; "
+                          "fine-tuning starts from square ones (convert it with --image-size N first)")
+    cfg = Config()
+    m = cfg.model
+    name = base.describe(vc)
+    if "x" in name.split("/")[0]:  # no named variant has these sizes: give them one by one
+        name = f"vit-B/{vc.patch}"
+        m.width, m.depth, m.mlp_dim, m.num_heads = vc.width, vc.depth, vc.mlp_dim, vc.num_heads
+    m.name = name
+    for field in _VIT_FIELDS:
+        setattr(m, field, getattr(vc, field))
+    cfg.data.image_size, cfg.data.channels, cfg.data.value_range = vc.image_size, vc.channels, (-1.0, 1.0)
+    cfg.train.init_resample = core.default_resample(ckpt.format)
+    return cfg
+
+
+def finetune(upstream: str | pathlib.Path, workdir: str | pathlib.Path, *, quiet: bool = False,
+             global_pool: str | None = None, **options: Any) -> dict[str, Any]:
+    """Fine-tunes the upstream's model (``transfer_config`` options) in ``workdir``: a run
+    directory, a ViT weights file or a Hugging Face Hub id (``hf-hub:ORG/NAME``; see
+    :func:`checkpoint_config`, whose ``global_pool`` this passes on)."""
+    from vistas.train.initial import is_run
+
+    if is_run(str(upstream)):
+        upstream_cfg = runs.load_config(pathlib.Path(upstream))
+    else:
+        upstream_cfg = checkpoint_config(upstream, global_pool=global_pool)
+        if options.get("resample") is None:  # as the checkpoint's own framework resamples
+            options["resample"] = upstream_cfg.train.init_resample
+    cfg = transfer_config(upstream_cfg, init_from=upstream, **options)
     return loop.train(cfg, workdir, quiet=quiet)
 
 
-__all__ = ["HEAD", "finetune", "init_params", "restore_params", "transfer_config"]
+__all__ = ["HEAD", "checkpoint_config", "finetune", "init_params", "restore_params", "transfer_config"]

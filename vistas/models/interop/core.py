@@ -24,7 +24,7 @@ from flax import nnx
 from vistas.errors import ConfigError, VistasError
 from vistas.files import advice, atomic_path
 from vistas.models import adapt, vit
-from vistas.models.interop import base, big_vision, timm
+from vistas.models.interop import base, big_vision, hub, timm
 from vistas.models.interop.base import Checkpoint, describe
 
 FORMATS = ("big_vision", "timm", "vistas")
@@ -56,13 +56,29 @@ def detect_format(path: str | pathlib.Path) -> str:
                       ".safetensors (timm) file or a run directory")
 
 
-def read(path: str | pathlib.Path, *, model: str | None = None, image_size: Any = None) -> Checkpoint:
-    """Reads any supported checkpoint (see :mod:`vistas.models.interop`) into vistas' layout.
+def read(path: str | pathlib.Path, *, model: str | None = None, image_size: Any = None,
+         global_pool: str | None = None) -> Checkpoint:
+    """Reads any supported checkpoint (see :mod:`vistas.models.interop`) into vistas' layout:
+    a path, or a Hugging Face Hub id ``hf-hub:ORG/NAME`` (:mod:`~vistas.models.interop.hub`).
 
     ``model`` (``vit-B/16``) gives what the weights cannot show, e.g. the number of heads of
-    a timm file; ``image_size`` the image size of a non-square position embedding.
+    a timm file; ``image_size`` the image size of a non-square position embedding;
+    ``global_pool`` (timm's name: ``token``, ``avg`` or ``map``) how a timm file's model
+    pools when the file does not say and its weights cannot show it.
     """
-    path = pathlib.Path(path)
+    pool = global_pool
+    if pool is not None and pool not in timm.POOLS:
+        raise ConfigError(f"unknown global_pool {pool!r}; use one of {', '.join(timm.POOLS)} (timm's names)")
+    source = path
+    path = hub.resolve(path) if hub.is_hub_id(path) else pathlib.Path(path)
+    ckpt = _read(path, model=model, image_size=image_size, pool=pool)
+    if pool is not None and ckpt.cfg.pool != timm.POOLS[pool]:
+        raise ConfigError(f"{source}: its model pools by {ckpt.cfg.pool!r} (vistas' name), not as "
+                          f"global_pool={pool!r} says")
+    return ckpt
+
+
+def _read(path: pathlib.Path, *, model: str | None, image_size: Any, pool: str | None) -> Checkpoint:
     fmt = detect_format(path)
     if fmt == "run":
         from vistas import runs  # a run's experiment builds models: imported only for runs
@@ -84,7 +100,7 @@ def read(path: str | pathlib.Path, *, model: str | None = None, image_size: Any 
         return Checkpoint(params, base.with_variant(cfg, model), fmt, str(path))
     if fmt == "big_vision":
         return big_vision.read(path, model=model, image_size=image_size)
-    return timm.read(path, model=model, image_size=image_size)
+    return timm.read(path, model=model, image_size=image_size, pool=pool)
 
 
 # ----------------------------------------------------------------------------------------
@@ -109,7 +125,8 @@ def default_resample(fmt: str) -> str:
 
 
 def load_params(source: str | pathlib.Path | Checkpoint, model: nnx.Module, *,
-                reset_head: bool = False, resample: str | None = None) -> dict:
+                reset_head: bool = False, resample: str | None = None,
+                global_pool: str | None = None) -> dict:
     """``model``'s parameters filled from ``source`` (a path or a :class:`Checkpoint`).
 
     Converts between scanned/unscanned and fused/unfused layouts, resamples a learned
@@ -118,11 +135,13 @@ def load_params(source: str | pathlib.Path | Checkpoint, model: nnx.Module, *,
     :func:`default_resample`), and with ``reset_head`` keeps ``model``'s own head where the
     checkpoint's has another number of classes (or none). Anything else that differs is a
     one-line :class:`ConfigError` naming the parameter and shapes. ``model`` may be
-    abstract (``nnx.eval_shape``): no weights need to be initialised.
+    abstract (``nnx.eval_shape``): no weights need to be initialised. ``global_pool``: see
+    :func:`read`.
     """
     if resample is not None:
         adapt.check_resample(resample)
-    ckpt = source if isinstance(source, Checkpoint) else read(source, image_size=_hw(model))
+    ckpt = source if isinstance(source, Checkpoint) else read(source, image_size=_hw(model),
+                                                              global_pool=global_pool)
     target = _concrete(model_params(model))
     params = vit.convert_layout(ckpt.params, target)
     target_grid = getattr(getattr(model, "cfg", None), "grid", None)
@@ -147,13 +166,13 @@ def assign(model: nnx.Module, params: Mapping) -> nnx.Module:
 
 
 def load_model(path: str | pathlib.Path | Checkpoint, *, model: str | None = None,
-               resample: str | None = None, **options: Any) -> nnx.Module:
+               resample: str | None = None, global_pool: str | None = None, **options: Any) -> nnx.Module:
     """A ``VisionTransformer`` built from a checkpoint's config (``options`` override it,
     e.g. ``image_size=384``, ``scan=True`` or ``gelu="tanh"``) with the checkpoint's weights
-    (``resample``: see :func:`load_params`)."""
+    (``resample``: see :func:`load_params`; ``global_pool``: see :func:`read`)."""
     if resample is not None:
         adapt.check_resample(resample)
-    ckpt = path if isinstance(path, Checkpoint) else read(path, model=model)
+    ckpt = path if isinstance(path, Checkpoint) else read(path, model=model, global_pool=global_pool)
     cfg = dataclasses.replace(ckpt.cfg, **options)
     new_head = cfg.num_classes != ckpt.cfg.num_classes
 
@@ -258,12 +277,14 @@ def parse_image_size(text: str | int | None) -> Any:
 
 def convert(src: str | pathlib.Path, dst: str | pathlib.Path, *, to: str | None = None,
             model: str | None = None, image_size: Any = None, scan: bool | None = None,
-            resample: str | None = None, gelu: str | None = None) -> dict:
+            resample: str | None = None, gelu: str | None = None,
+            global_pool: str | None = None) -> dict:
     """Reads ``src`` (any supported checkpoint), optionally changes the image size (the
     position embedding is resampled as ``resample`` says, by default as the checkpoint's
     own framework does: :func:`default_resample`) and the GELU recorded for the weights
     (``tanh`` or ``exact``: a file may not say which its model was trained with), and writes
-    ``dst``; returns a summary."""
+    ``dst``; returns a summary. ``src`` may be a Hugging Face Hub id (``hf-hub:ORG/NAME``);
+    ``global_pool``: see :func:`read`."""
     check_destination(dst)
     fmt = to or format_for(dst)
     if fmt not in FORMATS:
@@ -273,7 +294,7 @@ def convert(src: str | pathlib.Path, dst: str | pathlib.Path, *, to: str | None 
     if gelu is not None and gelu not in vit.GELUS:
         raise ConfigError(f"unknown GELU {gelu!r}; use one of {', '.join(vit.GELUS)}")
     image_size = parse_image_size(image_size)
-    ckpt = read(src, model=model, image_size=image_size)
+    ckpt = read(src, model=model, image_size=image_size, global_pool=global_pool)
     cfg = ckpt.cfg
     if image_size is not None:
         cfg = dataclasses.replace(cfg, image_size=image_size)

@@ -8,7 +8,8 @@ vistas wrote also carry the exact config. Writes the state dict and those argume
 
 What the arguments do not say is read off the weights by timm's own defaults: attention
 pooling where there is ``attn_pool``, average pooling where there is ``fc_norm`` or no class
-token, else the class token. LayerScale (``ls1``/``ls2``), register tokens (``reg_token``)
+token. A class token without either fits class-token pooling and averaging without ``fc_norm``
+alike: with nothing to say which, reading it is an error asking for ``global_pool``. LayerScale (``ls1``/``ls2``), register tokens (``reg_token``)
 and ``fc_norm`` are vistas ViT options (``init_values``, ``reg_tokens``, ``fc_norm``); a class
 token that timm does not pool (average or attention pooling) takes part in attention only,
 as a register does, and is read as the first register. Pooling vistas has not (``max``,
@@ -35,9 +36,11 @@ from vistas.models import adapt, vit
 from vistas.models.interop import base
 
 
-def read(path: pathlib.Path, *, model: str | None = None, image_size: Any = None) -> base.Checkpoint:
+def read(path: pathlib.Path, *, model: str | None = None, image_size: Any = None,
+         pool: str | None = None) -> base.Checkpoint:
     """A timm ``.safetensors`` file; ``model`` (``vit-B/16``) gives the number of heads when
-    neither the metadata nor the weights show it."""
+    neither the metadata nor the weights show it, ``pool`` timm's ``global_pool`` when the
+    file does not say it (see :func:`_pool`)."""
     from safetensors import SafetensorError, safe_open
     from safetensors.numpy import load_file
 
@@ -55,6 +58,11 @@ def read(path: pathlib.Path, *, model: str | None = None, image_size: Any = None
     args = json.loads(meta.get("timm_model_args", "{}")) or hub_args(path)
     if not isinstance(args, dict):
         raise ConfigError(f"{path}: its metadata 'timm_model_args' is not a JSON object of timm's arguments")
+    if pool is not None and args.get("global_pool", pool) != pool:
+        raise ConfigError(f"{path}: timm's arguments with the file say global_pool={args['global_pool']!r}, "
+                          f"not {pool!r}")
+    if pool is not None:
+        args = {**args, "global_pool": pool}
     try:
         return _checkpoint(sd, meta, args, path, model, image_size)
     except (ValueError, IndexError) as e:  # tensors of the wrong rank or size
@@ -94,10 +102,23 @@ def default_pool(sd: Mapping[str, Any]) -> str:
     return "avg" if "fc_norm.weight" in sd or "cls_token" not in sd else "token"
 
 
+def pooling_is_ambiguous(sd: Mapping[str, Any]) -> bool:
+    """Whether ``sd``'s weights fit both class-token pooling and averaging that keeps the
+    class token without ``fc_norm`` (timm's ``global_pool='avg', fc_norm=False``): the same
+    arrays, two functions."""
+    return "cls_token" in sd and "fc_norm.weight" not in sd and "attn_pool.latent" not in sd
+
+
 def _pool(sd: Mapping[str, Any], args: Mapping[str, Any], path: Any) -> str:
-    """timm's ``global_pool`` of ``sd``: the arguments' when they give it, else timm's default
-    for these weights; any pooling vistas cannot compute exactly is a one-line error."""
+    """timm's ``global_pool`` of ``sd``: the arguments' when they give it, else what the
+    weights show; weights that fit two poolings, with nothing to say which, and any pooling
+    vistas cannot compute exactly are one-line errors."""
     pool = args.get("global_pool")
+    if pool is None and pooling_is_ambiguous(sd):
+        raise ConfigError(f"{path}: its weights fit both class-token pooling and averaging with the "
+                          "class token kept (timm's global_pool='avg', fc_norm=False), and nothing with "
+                          "them says which; give global_pool='token' or 'avg' (vistas convert --global-pool), "
+                          "or put timm's config.json of the model beside the file")
     pool = default_pool(sd) if pool is None else pool
     if pool not in POOLS:
         raise ConfigError(f"{path}: timm model pools with global_pool={pool!r}; vistas' ViT pools by "
