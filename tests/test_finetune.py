@@ -140,3 +140,11 @@ def test_convnets_transfer_without_position_embeddings(tmp_path):
         np.testing.assert_array_equal(got[key], flat_up[key], err_msg=key)
     report = fewshot.evaluate_workdir(tmp_path / "up", datasets=["lfw_faces"], shots=[2], seeds=2)
     assert report["step"] == 1 and len(report["results"]["lfw_faces"]["2"]["accuracy"]) == 2
+
+
+def test_the_target_may_be_a_dataset_read_from_a_path(tmp_path):
+    cfg = finetune.transfer_config(smoke(), dataset="folder", data_path=tmp_path / "pets", init_from="x")
+    assert (cfg.data.dataset, cfg.data.path) == ("folder", str(tmp_path / "pets"))
+    assert cfg.train.loss == "softmax_xent"
+    with pytest.raises(ConfigError, match=r"dataset 'npz' is read from a path; give it \(--data-path PATH\)"):
+        finetune.transfer_config(smoke(), dataset="npz", init_from="x")

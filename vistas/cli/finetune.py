@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
         args.upstream, workdir, dataset=args.dataset, resolution=args.resolution,
         duration=args.steps, lr=args.lr, batch_size=args.batch_size, warmup=args.warmup,
         decay=args.decay, sam_rho=args.sam_rho, seed=args.seed, resample=args.resample,
-        global_pool=args.global_pool, overrides=overrides(args), quiet=args.quiet)
+        global_pool=args.global_pool, data_path=args.data_path, overrides=overrides(args), quiet=args.quiet)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -44,7 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     ".safetensors, .vistas.npz) or a Hugging Face Hub id hf-hub:ORG/NAME (vistas[hub])")
     ft.add_argument("--global-pool", choices=["token", "avg", "map"],
                     help="how a timm file's model pools where the file does not say (see vistas convert)")
-    ft.add_argument("--dataset", required=True, help="target dataset (see `vistas data list`)")
+    ft.add_argument("--dataset", required=True, help="target dataset (see `vistas data list`), or folder, "
+                    "npz, array_record or parquet with --data-path")
+    ft.add_argument("--data-path", help="the image folder (DIR/train/CLASS/..., DIR/test/CLASS/...), "
+                    ".npz file or shards of --dataset folder|npz|array_record|parquet")
     ft.add_argument("--resolution", type=int, help="image size (default: the upstream's)")
     ft.add_argument("--resample", choices=["vistas", "big_vision", "timm"],
                     help="how the position embedding changes grid with --resolution: bilinear at "

@@ -31,15 +31,23 @@ from vistas.train.initial import HEAD, from_upstream
 
 init_params = from_upstream  # the name this module gave it first
 DECAYS = ("cosine", "linear")
+FILE_FORMATS = ("folder", "npz", "array_record", "parquet")  # datasets read from data.path
 
 
 def transfer_config(upstream: Config, *, dataset: str, resolution: int | None = None,
                     duration: int | str = 500, lr: float = 0.01, batch_size: int = 128,
                     warmup: int | str = "5%", decay: str = "cosine", sam_rho: float = 0.0,
                     init_from: str | pathlib.Path, seed: int = 0, resample: str | None = None,
-                    overrides: list[str] | None = None) -> Config:
-    """The fine-tuning config of ``upstream``'s model on ``dataset`` (the transfer recipe)."""
-    info = catalog.get_info(dataset)
+                    overrides: list[str] | None = None, data_path: str | pathlib.Path | None = None) -> Config:
+    """The fine-tuning config of ``upstream``'s model on ``dataset`` (the transfer recipe): a
+    catalog name, or one of the formats read from ``data_path`` (``folder``, ``npz``,
+    ``array_record``, ``parquet``)."""
+    if dataset in FILE_FORMATS:
+        if data_path is None:
+            raise ConfigError(f"dataset {dataset!r} is read from a path; give it (--data-path PATH)")
+        multi_label = False
+    else:
+        multi_label = catalog.get_info(dataset).multi_label
     if decay not in DECAYS:
         raise ConfigError(f"decay={decay!r} is not a transfer schedule; use one of {', '.join(DECAYS)}")
     if resolution is not None and resolution <= 0:
@@ -49,6 +57,8 @@ def transfer_config(upstream: Config, *, dataset: str, resolution: int | None = 
     cfg.model.head_zeroinit = True
     d = cfg.data
     d.dataset, d.train_split, d.eval_splits = dataset, "train", ["test"]
+    if data_path is not None:
+        d.path = str(pathlib.Path(data_path).absolute())
     d.image_size = resolution or upstream.data.image_size
     d.channels, d.value_range = upstream.data.channels, upstream.data.value_range
     d.batch_size, d.eval_batch_size = batch_size, upstream.data.eval_batch_size
@@ -63,7 +73,7 @@ def transfer_config(upstream: Config, *, dataset: str, resolution: int | None = 
     s.warmup, s.decay, s.cooldown = warmup, decay, 0
     t = cfg.train
     t.duration, t.seed = duration, seed
-    t.loss = "sigmoid_xent" if info.multi_label else "softmax_xent"
+    t.loss = "sigmoid_xent" if multi_label else "softmax_xent"
     t.eval_every, t.log_every, t.ckpt_every = "10%", "5%", "25%"
     t.init_from = init_from if hub.is_hub_id(init_from) else str(pathlib.Path(init_from).absolute())
     if resample is not None:
