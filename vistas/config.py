@@ -211,7 +211,7 @@ class FewShotConfig:
     every: Duration = "1ep"
 
 
-DISTILL_MODES = ("off", "consistent", "independent", "fixed", "labels")
+DISTILL_MODES = ("off", "consistent", "independent", "fixed", "labels", "annotated")
 
 
 @dataclasses.dataclass
@@ -220,7 +220,10 @@ class DistillConfig:
 
     ``mode``: "off" (supervised training), "consistent" (teachers and student see the same
     augmented, mixed view), "independent" (independent crops), "fixed" (teacher logits on
-    central crops, cached on disk) or "labels" (no teacher in the loss: the baseline).
+    central crops, cached on disk), "labels" (no teacher in the loss: the baseline) or
+    "annotated" (the teacher annotates ``views_per_example`` augmented, mixed views of every
+    training image once, stored in ArrayRecord shards under ``cache_dir/annotations``; the
+    student trains on the stored views without running the teacher).
     """
 
     mode: str = "off"
@@ -229,7 +232,10 @@ class DistillConfig:
     label_weight: float = 0.0  # weight of the label loss added to the KL (0: pure matching)
     mixup_alpha: float = 1.0  # mixup λ ~ Beta(α, α) of the whole batch; 0: off
     view_size: int | None = None  # pixels of the shared view; None: largest model size
-    cache_dir: str | None = None  # fixed mode: where the teacher logits are cached (default: workdir)
+    # fixed / annotated modes: where teacher_logits.npz / annotations/ are kept (default: the
+    # workdir); several students may share one
+    cache_dir: str | None = None
+    views_per_example: int = 4  # annotated mode: K stored views of every training image
 
 
 @dataclasses.dataclass
@@ -559,6 +565,8 @@ def validate(cfg: Config) -> None:
     _check(x.label_weight >= 0, f"distill.label_weight={x.label_weight} must be >= 0")
     _check(x.mixup_alpha >= 0, f"distill.mixup_alpha={x.mixup_alpha} must be >= 0 (0: no mixup)")
     _check(x.view_size is None or x.view_size > 0, f"distill.view_size={x.view_size} must be positive")
+    _check(x.views_per_example >= 1, f"distill.views_per_example={x.views_per_example} must be at least 1 "
+           "(the views of each training image the teacher annotates once: distill.mode=annotated)")
     _check(x.mode == "off" or t.loss == "softmax_xent",
            f"train.loss={t.loss!r}: distillation matches softmax distributions; use softmax_xent")
     _check(x.mode == "off" or not (d.mixup_alpha or d.cutmix_alpha),

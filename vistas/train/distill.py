@@ -14,7 +14,12 @@ teachers in inference mode and supplies the loss. ``distill.mode`` picks the vie
 - ``fixed``: the teachers' logits on central crops, computed once and cached on disk by
   example index; the student sees augmented views (mixed with the same weight as the cached
   teacher distributions);
-- ``labels``: no teacher in the loss, the supervised baseline with the same views.
+- ``labels``: no teacher in the loss, the supervised baseline with the same views;
+- ``annotated`` (offline, as for ViT-22B): before training, the teachers annotate
+  ``distill.views_per_example`` views of every training image (the consistent mode's crop,
+  flip and mixup) once; the views and their teacher logits are stored in ArrayRecord shards
+  (``vistas.data.annotations``) and the student trains on the stored views, drawn by the
+  ordinary pipeline from (seed, step), without running a teacher.
 
 Teachers are runs (work directories) of any family, loaded with ``runs.final_params``;
 an ensemble averages their probabilities. They are referenced by path and parameter
@@ -26,6 +31,7 @@ on the device to its own size.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -39,7 +45,8 @@ import numpy as np
 from flax import nnx
 
 from vistas import experiment, runs
-from vistas.config import DISTILL_MODES, Config
+from vistas.config import DISTILL_MODES, Config, augmentation
+from vistas.data import annotations as store
 from vistas.data import mixing, pipeline
 from vistas.errors import ConfigError
 from vistas.evaluate.evaluators import Evaluator
@@ -52,7 +59,9 @@ TEACHERS_FILE = "teachers.json"
 CACHE_FILE = "teacher_logits.npz"
 TEACHER_LOGITS = "teacher_logits"  # the per-example field of the cached logits (fixed mode)
 TEACHER_IMAGE = "teacher_image"  # the teachers' own view (independent mode)
+SOFT_LABEL = "soft_label"  # the stored view's mixed one-hot label (annotated mode)
 TASK_STREAM = 0x7461736B  # the task's random stream (mixing weights), apart from the model's
+ANNOTATE_STREAM = 0x616E6E6F  # the annotation's views and mixing, apart from the student's data
 
 
 def active(cfg: Config) -> bool:
@@ -223,7 +232,10 @@ class Task:
         images = batch["image"]
         onehot = mixing.one_hot_targets(batch["label"], self.num_classes)
         out: dict[str, jax.Array] = {}
-        if self.mode == "fixed":
+        if self.mode == "annotated":  # stored views, already mixed, with their teacher logits
+            images, onehot = dequantize(images, self.value_range), batch[SOFT_LABEL]
+            out["teacher_probs"] = ensemble_probs(jnp.moveaxis(batch[TEACHER_LOGITS], 1, 0), self.temperature)
+        elif self.mode == "fixed":
             probs = ensemble_probs(jnp.moveaxis(batch[TEACHER_LOGITS], 1, 0), self.temperature)
             k = self.num_classes
             images, both = mixing.mixup(key, images, jnp.concatenate([onehot, probs], -1),
@@ -367,6 +379,177 @@ def fixed_logits(source, teachers: list[Teacher], frozen: list, cfg: Config, siz
     return logits, False
 
 
+# ----------------------------------------------------------------------------- annotated views
+
+
+def quantize(images: jax.Array, value_range: tuple[float, float]) -> jax.Array:
+    """Views in ``value_range`` -> uint8 (what the annotation stores)."""
+    lo, hi = value_range
+    return jnp.round(jnp.clip((images - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(jnp.uint8)
+
+
+def dequantize(images: jax.Array, value_range: tuple[float, float]) -> jax.Array:
+    """uint8 views -> float32 in ``value_range``: the pixels the teachers annotated."""
+    lo, hi = value_range
+    return images.astype(jnp.float32) * ((hi - lo) / 255.0) + lo
+
+
+def stored_view(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The host-side transform of annotated mode: the stored view as it is (uint8)."""
+    return image
+
+
+class _Indexed:
+    """A source whose examples carry their index (the annotation records which image each
+    view shows)."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.source[i], "index": np.int32(i)}
+
+
+def annotation_seed(seed: int) -> int:
+    """The seed of the annotation's views and mixing: derived from ``train.seed``, apart
+    from the student's own data order."""
+    return int(np.random.SeedSequence([int(seed), ANNOTATE_STREAM]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def annotations_dir(cfg: Config, workdir: pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(cfg.distill.cache_dir or workdir) / store.DIRNAME
+
+
+def annotation_key(cfg: Config, teachers: list[Teacher], size: int, num_examples: int) -> dict:
+    """What an annotation set depends on: the teachers (by parameter checksum, not path),
+    K, the seed, the views (augmentation, mixup, view size, value range, batch: mixup pairs
+    views within a batch) and which training examples."""
+    d, aug = cfg.data, augmentation(cfg.data)
+    key = {"format": store.FORMAT,
+           "teachers": [{"checksum": t.checksum, "model": t.model, "image_size": t.image_size, "step": t.step}
+                        for t in teachers],
+           "views_per_example": cfg.distill.views_per_example, "seed": cfg.train.seed,
+           "batch_size": d.batch_size, "view_size": size, "mixup_alpha": cfg.distill.mixup_alpha,
+           "value_range": list(d.value_range), "channels": d.channels,
+           "augmentation": {"crop": d.crop, "inception_area": list(d.inception_area), "pad": d.pad,
+                            "flip": d.flip, "randaug_ops": aug["randaug_ops"],
+                            "randaug_magnitude": aug["randaug_magnitude"], "autoaugment": aug["autoaugment"]},
+           "data": {"dataset": d.dataset, "path": d.path, "train_split": d.train_split,
+                    "num_train_examples": d.num_train_examples, "mixture": d.mixture,
+                    "decode_size": d.decode_size},
+           "num_examples": num_examples}
+    return json.loads(json.dumps(key))  # as it reads back from JSON (tuples are lists)
+
+
+def _annotate_fn(teachers: list[Teacher], cfg: Config, num_classes: int) -> Callable:
+    """``fn(frozen, images, labels, key) -> (uint8 views, [B, n, K] logits, [B, K] soft labels)``:
+    the batch mixed as the consistent mode mixes it (one λ, each view with the batch's
+    reverse), quantised to uint8, and the teachers' logits on exactly those pixels."""
+    value_range = tuple(cfg.data.value_range)
+    teacher_fn = teacher_logits(teachers, value_range)
+    alpha = cfg.distill.mixup_alpha
+
+    def fn(frozen, images, labels, key):
+        mixed, soft = mixing.mixup(key, images, mixing.one_hot_targets(labels, num_classes), alpha)
+        views = quantize(mixed, value_range)
+        logits = teacher_fn(frozen, dequantize(views, value_range))
+        return views, jnp.moveaxis(logits, 0, 1), soft
+
+    return jax.jit(fn)
+
+
+def _gather(tree: Any) -> Any:
+    """The whole global batch of ``tree`` on every process, as NumPy."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        tree = multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def _from_main(mask: np.ndarray) -> np.ndarray:
+    """Process 0's ``mask`` (what it found on disk), on every process."""
+    if jax.process_count() == 1:
+        return mask
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.broadcast_one_to_all(mask))
+
+
+def annotate(source, teachers: list[Teacher], frozen: list, cfg: Config, size: int, mesh,
+             root: pathlib.Path, say: Callable[[str], None] = print) -> tuple[store.AnnotatedSource, bool]:
+    """The annotation set of ``cfg`` in ``root`` and whether it was there already: read when
+    finished, otherwise written (or finished, shard by shard: a killed annotation resumes).
+    View j (j < N·K) is global position j of the training pipeline with the annotation's
+    seed (epoch e = j // N is a permutation of the N examples: every example gets K views),
+    mixed within its batch of ``data.batch_size``; a set of another key is refused."""
+    n, k = len(source), cfg.distill.views_per_example
+    key = annotation_key(cfg, teachers, size, n)
+    main = jax.process_index() == 0
+    store.check_key(root, key)  # on every process: all refuse a set of another key together
+    if _from_main(np.array([main and (root / store.MANIFEST).exists()]))[0]:
+        return store.AnnotatedSource(root, key), True
+    shards = store.plan(n * k, cfg.data.batch_size)
+    with store.locked(root) if main else contextlib.nullcontext():
+        finished = main and (root / store.MANIFEST).exists()  # by another run, meanwhile
+        mask = np.zeros(len(shards), bool)
+        mask[store.start(root, key, shards) if main and not finished else []] = True
+        todo = [int(i) for i in np.flatnonzero(_from_main(mask))]
+        if todo:
+            say(f"annotating {n * k:,} views ({k} per example) of {n:,} examples with "
+                f"{len(teachers)} teacher{'s' * (len(teachers) != 1)} into {root}: "
+                f"{len(todo)} of {len(shards)} shards to write")
+        _write_shards(source, teachers, frozen, cfg, size, mesh, root, key, shards, todo, say)
+        if main and not finished:
+            layout = store.Layout((size, size, cfg.data.channels), len(teachers), int(source.num_classes))
+            store.finish(root, key, layout, shards, n)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("vistas annotations written")
+    return store.AnnotatedSource(root, key), bool(finished)
+
+
+def _write_shards(source, teachers, frozen, cfg, size, mesh, root, key, shards, todo, say) -> None:
+    b, main = cfg.data.batch_size, jax.process_index() == 0
+    seed = annotation_seed(cfg.train.seed)
+    fn = _annotate_fn(teachers, cfg, int(source.num_classes))
+    base = jax.random.fold_in(jax.random.PRNGKey(seed & 0x7FFFFFFF), ANNOTATE_STREAM)
+    it = pipeline.train_iterator(_Indexed(source), global_batch_size=b, seed=seed,
+                                 transform=experiment.train_transform(cfg, size),
+                                 process_index=jax.process_index(), process_count=jax.process_count(),
+                                 extra_keys=("index",), workers=cfg.data.workers, prefetch=cfg.data.prefetch,
+                                 on_bad_image=cfg.data.on_bad_image)
+    try:
+        for done, i in enumerate(todo, 1):
+            name, first, count = shards[i]
+            it.set_state({**it.get_state(), "step": first // b})
+            writer = store.ShardWriter(root, name, first, count, key) if main else None
+            try:
+                for batch_index in range(first // b, -(-(first + count) // b)):
+                    put = mesh_lib.put_batch(next(it), mesh)
+                    views, logits, soft = _gather(fn(frozen, put["image"], put["label"],
+                                                     jax.random.fold_in(base, batch_index)))
+                    index, labels = _gather((put["index"], put["label"]))
+                    rows = min(b, first + count - batch_index * b)  # the last batch: up to view N·K
+                    if writer is not None:
+                        for r in range(rows):
+                            writer.write(store.encode(index[r], index[b - 1 - r], labels[r], views[r],
+                                                      logits[r], soft[r]))
+            except BaseException:
+                if writer is not None:
+                    writer.abort()
+                raise
+            if writer is not None:
+                writer.commit()
+            say(f"annotated shard {done}/{len(todo)}: {name} ({count:,} views)")
+    finally:
+        it.close()
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -442,8 +625,16 @@ def setup(cfg: Config, exp: Any, workdir: pathlib.Path, mesh: Any, *, resuming: 
         say(f"teacher logits of {len(logits):,} examples {'read from' if reused else 'written to'} "
             f"{cache_dir / CACHE_FILE}")
         source, extra = WithTeacherLogits(exp.train_source, logits), (TEACHER_LOGITS,)
+    transform = train_transform(cfg, size)
+    if cfg.distill.mode == "annotated":
+        root = annotations_dir(cfg, workdir)
+        source, reused = annotate(exp.train_source, teachers, frozen, cfg, size, mesh, root, say)
+        say(f"{len(source):,} annotated views {'read from' if reused else 'written to'} {root}")
+        extra, transform = (TEACHER_LOGITS, SOFT_LABEL), stored_view
     task = make_task(cfg, teachers, frozen, exp.num_classes)
-    task.source, task.transform, task.extra_keys = source, train_transform(cfg, size), extra
+    task.source, task.transform, task.extra_keys = source, transform, extra
+    if cfg.distill.mode == "annotated":
+        task.frozen = []  # the step runs no teacher: the stored logits are its targets
     task.evaluator = AgreementEvaluator(cfg, exp, teachers, frozen, size, mesh) if teachers else None
     return task
 
