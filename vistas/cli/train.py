@@ -59,8 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     ds = sub.add_parser("distill", help="distil frozen teacher runs into a student (function matching)",
                         description="A training run whose distill.mode is not 'off': the teachers "
-                        "(distill.teachers, run directories) are evaluated in the student's step; "
-                        "see docs/distillation.md.")
+                        "(distill.teachers, run directories) are evaluated in the student's step (consistent, "
+                        "independent), or once before training (fixed: central crops; annotated: "
+                        "distill.views_per_example stored views per image); see docs/distillation.md.")
     ds.add_argument("--preset", help="named recipe (default fashion_mnist_distill_student, or none "
                     "with --config)")
     add_config_file(ds)
