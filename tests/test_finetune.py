@@ -148,3 +148,22 @@ def test_the_target_may_be_a_dataset_read_from_a_path(tmp_path):
     assert cfg.train.loss == "softmax_xent"
     with pytest.raises(ConfigError, match=r"dataset 'npz' is read from a path; give it \(--data-path PATH\)"):
         finetune.transfer_config(smoke(), dataset="npz", init_from="x")
+
+
+@pytest.mark.parametrize("argv, workdir", [
+    (["--from", "runs/up/", "--dataset", "mnist_5k"], "runs/up-ft-mnist_5k"),
+    (["--from", "w/vit_b16.safetensors", "--dataset", "folder", "--data-path", "data/pets/"], "w/vit_b16-ft-pets"),
+    (["--from", "hf-hub:timm/vit_tiny@v2/m.npz", "--dataset", "npz", "--data-path", "x/d.npz"], "vit_tiny-ft-d"),
+])
+def test_the_default_workdir_names_the_upstream_and_the_target(argv, workdir, monkeypatch, tmp_path):
+    seen = {}
+
+    def fake(upstream, workdir, **options):
+        seen["workdir"] = workdir
+        return {"finished": True, "step": 0, "total_steps": 0, "workdir": workdir}
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "up").mkdir(parents=True)
+    monkeypatch.setattr(finetune, "finetune", fake)
+    assert cli.main(["finetune", *argv, "--quiet"]) == 0
+    assert seen["workdir"] == workdir

@@ -19,7 +19,10 @@ def run(args: argparse.Namespace) -> int:
         upstream = hub.parse(upstream)[0].split("/")[1]
     elif not pathlib.Path(upstream).is_dir():  # a weights file: beside it, named after it
         upstream = str(pathlib.Path(upstream).with_name(pathlib.Path(upstream).name.split(".")[0]))
-    workdir = args.workdir or f"{upstream}-ft-{args.dataset}"
+    target = args.dataset
+    if args.data_path and args.dataset in finetune.FILE_FORMATS:  # the data's own name, not its format
+        target = pathlib.Path(str(args.data_path).rstrip("/")).name.split(".")[0] or args.dataset
+    workdir = args.workdir or f"{upstream}-ft-{target}"
     summary = finetune.finetune(
         args.upstream, workdir, dataset=args.dataset, resolution=args.resolution,
         duration=args.steps, lr=args.lr, batch_size=args.batch_size, warmup=args.warmup,
@@ -53,8 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="how the position embedding changes grid with --resolution: bilinear at "
                     "pixel centres (vistas, the default for vistas runs), linear with corners aligned "
                     "(big_vision), bicubic with antialiasing (timm)")
-    ft.add_argument("--workdir", help="output folder (default FROM-ft-DATASET, for a file or Hub id its "
-                    "name's first part); resumes if it holds the run")
+    ft.add_argument("--workdir", help="output folder (default FROM-ft-DATASET; for a file or Hub id FROM "
+                    "is its name, for --data-path DATASET is the data's name); resumes if it holds the run")
     ft.add_argument("--steps", default=500, type=_duration,
                     help="length: steps, or '10ep', '50000ex' (default 500)")
     ft.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
