@@ -347,3 +347,22 @@ def test_folder_splits(tmp_path):
         sources.load_source("folder", "validation", path=tmp_path / "ds")
     flat = sources.load_source("folder", "train", path=tmp_path / "ds" / "test")  # no split dirs
     assert len(flat) == 4 and flat.class_names == ("cat", "dog")
+
+
+def test_slices_of_a_folder_without_split_folders_hold_every_class(tmp_path):
+    """Files are listed class by class; a held-out slice ('train[80%:]') used to be the last
+    class alone. Sliced in an interleaved order, each slice holds each class in proportion."""
+    pixel = np.zeros((4, 4, 3), np.uint8)
+    counts = {"a": 10, "b": 20, "c": 30}
+    for name, n in counts.items():
+        for i in range(n):
+            save(Image.fromarray(pixel), tmp_path / name / f"{i:02d}.png")
+    head = sources.load_folder(tmp_path, "train[:80%]")
+    tail = sources.load_folder(tmp_path, "train[80%:]")
+    assert len(head) == 48 and len(tail) == 12
+    assert np.bincount(head.labels, minlength=3).tolist() == [8, 16, 24]
+    assert np.bincount(tail.labels, minlength=3).tolist() == [2, 4, 6]
+    paths = lambda s: {s.parent.parent.paths[i] for i in s.parent.indices[s.indices]}  # noqa: E731
+    assert not paths(head) & paths(tail) and len(paths(head) | paths(tail)) == 60
+    whole = sources.load_folder(tmp_path, "train")  # unsliced: the listing order, as before
+    assert whole.labels.tolist() == [0] * 10 + [1] * 20 + [2] * 30

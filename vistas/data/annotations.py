@@ -45,7 +45,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from vistas.data.readers.array_record import manifest_digest, seal_manifest
-from vistas.data.shards import _sha256, _shard_name
+from vistas.data.shards import file_sha256, shard_name
 from vistas.errors import ConfigError, DataError
 from vistas.files import atomic_write
 
@@ -160,7 +160,7 @@ def plan(num_views: int, batch_size: int) -> list[tuple[str, int, int]]:
     whole batches of ``batch_size`` (the last shard ends with the last view)."""
     per_shard = max(1, VIEWS_PER_SHARD // batch_size) * batch_size
     n = -(-num_views // per_shard)
-    return [(_shard_name("views", i, n), i * per_shard, min(per_shard, num_views - i * per_shard))
+    return [(shard_name("views", i, n), i * per_shard, min(per_shard, num_views - i * per_shard))
             for i in range(n)]
 
 
@@ -176,7 +176,7 @@ def _described(root: pathlib.Path, name: str, digest: str, first: int, count: in
         return None
     want = {"key_digest": digest, "first": first, "num_records": count}
     ok = isinstance(desc, dict) and all(desc.get(k) == v for k, v in want.items()) \
-        and desc.get("sha256") == _sha256(path)
+        and desc.get("sha256") == file_sha256(path)
     return desc if ok else None
 
 
@@ -220,7 +220,7 @@ class ShardWriter:
             self.tmp.unlink(missing_ok=True)
             raise DataError(f"shard {self.name} got {self.written} views, expected {self.count}")
         desc = {"file": self.name, "first": self.first, "num_records": self.count,
-                "bytes": self.tmp.stat().st_size, "sha256": _sha256(self.tmp),
+                "bytes": self.tmp.stat().st_size, "sha256": file_sha256(self.tmp),
                 "key_digest": key_digest(self.key)}
         (self.root / (self.name + ".json")).unlink(missing_ok=True)
         os.replace(self.tmp, self.root / self.name)

@@ -69,7 +69,7 @@ def _workers(workers: int | None) -> int:
     return int(workers)
 
 
-def _sha256(path: pathlib.Path) -> str:
+def file_sha256(path: pathlib.Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -77,7 +77,7 @@ def _sha256(path: pathlib.Path) -> str:
     return h.hexdigest()
 
 
-def _shard_name(split: str, i: int, n: int) -> str:
+def shard_name(split: str, i: int, n: int) -> str:
     return f"{split}-{i:05d}-of-{n:05d}.array_record"
 
 
@@ -101,7 +101,7 @@ def _packed(directory: pathlib.Path, name: str, digest: str) -> dict | None:
         desc = json.loads(desc_path.read_text())
     except (OSError, ValueError):
         return None
-    ok = isinstance(desc, dict) and desc.get("files_digest") == digest and desc.get("sha256") == _sha256(final)
+    ok = isinstance(desc, dict) and desc.get("files_digest") == digest and desc.get("sha256") == file_sha256(final)
     return desc if ok else None
 
 
@@ -136,7 +136,7 @@ def _write_shard(staging: str, dst: str, name: str, root: str, paths: list[str],
         raise
     writer.close()
     desc = {"file": name, "num_records": len(paths), "bytes": tmp.stat().st_size,
-            "sha256": _sha256(tmp), "files_digest": digest}
+            "sha256": file_sha256(tmp), "files_digest": digest}
     tmp.replace(final)
     atomic_write(staging_dir / (name + ".json"), json.dumps(desc))
     return {**desc, "reused": False, "staged": True}
@@ -202,7 +202,7 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, examples_per_shard: 
         n = -(-len(s.paths) // examples_per_shard)
         for i in range(n):
             sl = slice(i * examples_per_shard, (i + 1) * examples_per_shard)
-            jobs.append((split, _shard_name(split, i, n), str(s.root), s.paths[sl], labels[sl]))
+            jobs.append((split, shard_name(split, i, n), str(s.root), s.paths[sl], labels[sl]))
         np.save(staging / f"{split}-labels.npy", np.asarray(labels, np.int32))
     done: dict[str, dict] = {}
     ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
@@ -232,7 +232,7 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, examples_per_shard: 
         labels_file = f"{split}-labels.npy"
         manifest["splits"][split] = {
             "num_examples": sum(s["num_records"] for s in shards), "shards": shards,
-            "labels": {"file": labels_file, "sha256": _sha256(staging / labels_file)},
+            "labels": {"file": labels_file, "sha256": file_sha256(staging / labels_file)},
         }
     manifest = seal_manifest(manifest)
     staged = [f for name, desc in done.items() if desc["staged"] for f in (name, name + ".json")]
@@ -257,7 +257,7 @@ def verify(root: str | os.PathLike, *, log: Callable[[str], None] = lambda s: No
             path = root / entry["file"]
             if not path.exists():
                 raise DataError(f"shard {path} is missing")
-            if _sha256(path) != entry["sha256"]:
+            if file_sha256(path) != entry["sha256"]:
                 raise DataError(f"{path} does not match its checksum in {root / MANIFEST} "
                                 "(corrupt or changed); re-pack it with `vistas data pack`")
         for entry in info["shards"]:
@@ -340,4 +340,4 @@ def verify_folder(path: str | os.PathLike, *, workers: int | None = None,
 
 __all__ = ["FORMAT", "MAGIC", "MANIFEST", "MANIFEST_DIGEST", "ArrayRecordSource", "FolderReport",
            "decode_bytes", "decode_record", "encode_record", "is_packed", "manifest_digest", "pack",
-           "read_manifest", "seal_manifest", "verify", "verify_folder"]
+           "file_sha256", "read_manifest", "seal_manifest", "shard_name", "verify", "verify_folder"]

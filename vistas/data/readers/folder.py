@@ -7,6 +7,9 @@ followed unless that directory was already read (through another path, or as a c
 folder) or holds the directory being read (a loop): such links are skipped, counted in
 `ImageFolderSource.skipped_dirs` and reported once with a warning, so no image is listed
 twice or under another class.
+
+A folder without split folders is sliced (``train[:90%]``, ``train[90%:]``) in an order that
+interleaves its classes (``stratified_order``), so that a held-out slice holds every class.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import warnings
 import numpy as np
 
 from vistas.data.decode import decode_image
-from vistas.data.readers.base import sliced
-from vistas.data.splits import COMMON_SPLITS, parse_split
+from vistas.data.readers.base import Subset, sliced
+from vistas.data.splits import COMMON_SPLITS, is_sliced, parse_split
 from vistas.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -172,7 +175,24 @@ def load_folder(path: str | os.PathLike, split: str, channels: int = 3):
     if source.num_classes < 2:
         raise DataError(f"image folder {path} has {source.num_classes} class "
                         f"({', '.join(source.class_names)}); a classifier needs at least 2 class folders")
+    if class_names is None and is_sliced(split):
+        # files are listed class by class: 'train[90%:]' of that order would hold the last
+        # class only; sliced in an order that interleaves the classes, every slice holds each
+        # class in proportion (and slices that do not overlap share no image)
+        source = Subset(source, stratified_order(source.labels))
     return sliced(source, split)
+
+
+def stratified_order(labels: np.ndarray) -> np.ndarray:
+    """Indices of ``labels`` ordered so that every contiguous run holds each class in its
+    share of the whole: the k-th of a class's n examples sits at (k + 1/2) / n of the order
+    (ties broken by class, then file order)."""
+    labels = np.asarray(labels)
+    position = np.empty(len(labels), np.float64)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        position[members] = (np.arange(len(members)) + 0.5) / len(members)
+    return np.lexsort((np.arange(len(labels)), labels, position))
 
 
 def _class_dirs(root: pathlib.Path) -> list[str]:
