@@ -561,7 +561,8 @@ def test_gelu_on_convert(tmp_path, capsys):
 def test_finetune_takes_the_resampling_convention(tmp_path, monkeypatch):
     from vistas.train import finetune, initial
 
-    cfg = finetune.transfer_config(config_lib.Config(), dataset="lfw_faces", init_from="x", resample="timm")
+    # an upstream run (a directory; its parameters come from the patched restore_params below)
+    cfg = finetune.transfer_config(config_lib.Config(), dataset="lfw_faces", init_from=tmp_path, resample="timm")
     assert cfg.train.init_resample == "timm"
     assert finetune.transfer_config(config_lib.Config(), dataset="lfw_faces", init_from="x"
                                     ).train.init_resample == "vistas"
