@@ -265,3 +265,88 @@ def test_unreadable_results(tmp_path):
         results.load(_results_csv(tmp_path / "r.txt", _fake_rows()))
     with pytest.raises(VistasError, match="not a sweep folder"):
         results.load(tmp_path)
+
+
+# --- compute-optimal allocation --------------------------------------------------------------
+
+
+def _chinchilla_rows(a, b, n=25, lrs=None):
+    """A grid of model sizes N x examples D with loss E + A/N^a + B/D^b and C = 6ND: the
+    compute-optimal N grows as C^(b/(a+b)), D as C^(a/(a+b)) (Hoffmann et al. 2022). With
+    ``lrs``, each run is worse by a penalty in log(lr / lr*) with lr* = 0.1 (D/1e6)^-0.25."""
+    rows = []
+    for i, n_params in enumerate(np.logspace(3, 9, n)):
+        for j, seen in enumerate(np.logspace(3, 9, n)):
+            loss = 0.5 + 50 * n_params ** -a + 50 * seen ** -b
+            for lr in lrs or (None,):
+                row = {"member": f"m{i}/b{j}" + (f"/lr{lr}" if lr else ""), "model": f"m{i}",
+                       "status": "done", "params": n_params, "examples_seen": seen,
+                       "total_flops": 6 * n_params * seen, "eval_loss": loss}
+                if lr:
+                    row["lr"] = lr
+                    row["eval_loss"] = loss * (1 + 0.05 * np.log(lr / (0.1 * (seen / 1e6) ** -0.25)) ** 2)
+                rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("a, b", [(0.3, 0.3), (0.4, 0.2), (0.2, 0.4)])
+def test_allocation_recovers_the_compute_optimal_exponents(a, b):
+    alloc = fit.allocation(_chinchilla_rows(a, b), y="eval_loss")
+    alpha, beta = alloc["exponents"]["alpha"], alloc["exponents"]["beta"]
+    assert alpha["slope"] == pytest.approx(b / (a + b), abs=0.03)
+    assert beta["slope"] == pytest.approx(a / (a + b), abs=0.03)
+    assert alpha["interval"][0] < alpha["slope"] < alpha["interval"][1]
+    assert alloc["fit_on"] == "interior"  # runs at the grid's edges left out
+    edges = [t for t in alloc["frontier"] if t["edge"]]
+    assert edges and all(t["edge"] for t in alloc["frontier"][:2])  # the smallest runs
+    assert "gamma" not in alloc["exponents"] and alloc["lr_table"] == []
+    assert alloc["loss_vs_compute"]["slope"] < 0
+    text = fit.format_allocation(alloc)
+    assert "alpha = " in text and "beta = " in text and "smallest model" in text
+
+
+def test_allocation_reports_the_best_learning_rate_per_budget():
+    lrs = (0.01, 0.03, 0.1, 0.3, 1.0)
+    alloc = fit.allocation(_chinchilla_rows(0.3, 0.3, n=13, lrs=lrs), y="eval_loss")
+    assert alloc["varies_lr"] and len(alloc["lr_table"]) == 13 * 13
+    for t in alloc["lr_table"]:  # the grid's lr closest (in log) to the true optimum
+        true = 0.1 * (t["examples_seen"] / 1e6) ** -0.25
+        assert t["best_lr"] == min(lrs, key=lambda lr: abs(np.log(lr / true)))
+    # lr* ∝ D^-0.25 and D ∝ C^0.5 along the frontier: lr* ∝ C^-0.125 (on a grid of lrs 3x apart)
+    assert alloc["exponents"]["gamma"]["slope"] == pytest.approx(-0.125, abs=0.06)
+    assert alloc["exponents"]["alpha"]["slope"] == pytest.approx(0.5, abs=0.05)
+    assert "best lr" in fit.format_allocation(alloc)
+
+
+def test_vistas_fit_allocation_cli(tmp_path, capsys):
+    path = _results_csv(tmp_path / "results.csv", _fake_rows())
+    assert cli.main(["fit", str(path), "--bootstrap", "0", "--allocation",
+                     "--allocation-plot", str(tmp_path / "alloc.png")]) == 0
+    text = capsys.readouterr().out
+    assert "compute-optimal allocation" in text and "alpha = " in text and "frontier in log-log" in text
+    assert (tmp_path / "alloc.png").stat().st_size > 10_000
+    assert cli.main(["fit", str(path), "--bootstrap", "0", "--allocation", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"alpha", "beta"} <= set(report["allocation"]["exponents"])
+    assert "allocation" not in fit.fit_results(str(path), n_bootstrap=0)  # off by default
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda rows: [{k: v for k, v in r.items() if k != "params"} for r in rows],
+     "needs a column 'params'"),
+    (lambda rows: [{**r, "examples_seen": 0} for r in rows], "examples_seen=0"),
+    (lambda rows: [{**r, "lr": 0.1 if i % 2 else -1.0} for i, r in enumerate(rows)], "positive lr"),
+    (lambda rows: rows[:2], "2 finished run"),
+    (lambda rows: [{**r, "total_flops": 1e9, "eval_error": 0.5} for r in rows], "at two or more budgets"),
+])
+def test_allocation_rejects_bad_input_in_one_line(edit, message):
+    with pytest.raises(VistasError, match=message) as e:
+        fit.allocation(edit(_fake_rows()), y="eval_error")
+    assert "\n" not in str(e.value)
+
+
+def test_allocation_plot_needs_the_allocation(tmp_path, capsys):
+    path = _results_csv(tmp_path / "results.csv", _fake_rows())
+    assert cli.main(["fit", str(path), "--allocation-plot", str(tmp_path / "a.png")]) != 0
+    assert "add --allocation" in capsys.readouterr().err
+    assert not (tmp_path / "a.png").exists()

@@ -1,5 +1,5 @@
 """``vistas fit``: fit the saturating power law on the Pareto frontier of a sweep's results,
-and draw its figures."""
+report its compute-optimal allocation (``--allocation``), and draw its figures."""
 
 from __future__ import annotations
 
@@ -8,18 +8,25 @@ import json
 
 
 def run(args: argparse.Namespace) -> int:
+    from vistas.errors import VistasError
     from vistas.scaling import fit, results
 
     fit.check_options(n_bootstrap=args.bootstrap, extrapolate=args.extrapolate)
+    if args.allocation_plot and not args.allocation:
+        raise VistasError("--allocation-plot draws the allocation: add --allocation")
     rows = results.load(args.results)
     if args.plot or args.examples_plot:
         from vistas.scaling import plots
 
         plots.check_columns(rows, args.results, plot=args.plot, examples_plot=args.examples_plot)
     study = fit.fit_study(rows, x=args.x, y=args.y, n_bootstrap=args.bootstrap,
-                          extrapolate=args.extrapolate, seed=args.seed)
-    if args.plot or args.examples_plot:
-        plots.write_figures(study, plot=args.plot, examples_plot=args.examples_plot)
+                          extrapolate=args.extrapolate, seed=args.seed,
+                          with_allocation=args.allocation)
+    if args.plot or args.examples_plot or args.allocation_plot:
+        from vistas.scaling import plots
+
+        plots.write_figures(study, plot=args.plot, examples_plot=args.examples_plot,
+                            allocation_plot=args.allocation_plot)
     report = study.report
     if args.json:
         print(json.dumps(report, indent=2))
@@ -40,6 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(default 0.3)")
     fi.add_argument("--plot", help="write the figure here (PNG)")
     fi.add_argument("--examples-plot", help="also plot error vs examples seen per model size here")
+    fi.add_argument("--allocation", action="store_true",
+                    help="also the compute-optimal allocation of --y: for each budget on the "
+                    "frontier the model size and examples seen (and lr), and the exponents of "
+                    "params ∝ C^alpha, examples ∝ C^beta")
+    fi.add_argument("--allocation-plot", help="with --allocation: draw it here (PNG)")
     fi.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     fi.add_argument("--json", action="store_true")
     fi.set_defaults(fn=run)

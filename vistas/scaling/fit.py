@@ -257,9 +257,11 @@ class Study:
 
 
 def fit_study(results: Any, *, x: str = "compute", y: str = "eval_error", n_bootstrap: int = 200,
-              extrapolate: float = 0.3, seed: int = 0) -> Study:
+              extrapolate: float = 0.3, seed: int = 0, with_allocation: bool = False) -> Study:
     """Frontier, fits of every form, bootstrap intervals of the saturating law and the
-    extrapolation check for a results table (rows, or a path: CSV, JSONL or sweep folder)."""
+    extrapolation check for a results table (rows, or a path: CSV, JSONL or sweep folder).
+    ``with_allocation``: also the compute-optimal allocation (``allocation``) of ``y``, in
+    ``report["allocation"]``."""
     from vistas.scaling import results as results_lib
 
     check_options(n_bootstrap=n_bootstrap, extrapolate=extrapolate)
@@ -290,15 +292,176 @@ def fit_study(results: Any, *, x: str = "compute", y: str = "eval_error", n_boot
                          "extrapolation": checks[form]} for form, f in fits.items()},
         "skipped_forms": skipped,
     }
+    if with_allocation:
+        report["allocation"] = allocation(rows, y=y)
     return Study(report, done, draws)
 
 
+# --- compute-optimal allocation ---------------------------------------------------------
+
+
+def _loglog(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Least squares of ``log y = slope·log x + intercept``: the slope, its standard error and
+    95% interval (Student t), and the r² and rms of the log residuals."""
+    from scipy import stats
+
+    lx, ly = np.log(x), np.log(y)
+    n = len(lx)
+    slope, intercept = np.polyfit(lx, ly, 1)
+    resid = ly - (slope * lx + intercept)
+    sxx = float(np.sum((lx - lx.mean()) ** 2))
+    syy = float(np.sum((ly - ly.mean()) ** 2))
+    out = {"slope": float(slope), "coef": float(math.exp(intercept)), "n": n,
+           "r2": float(1 - np.sum(resid ** 2) / syy) if syy > 0 else 1.0,
+           "rmse_log": float(np.sqrt(np.mean(resid ** 2)))}
+    if n > 2:
+        se = float(np.sqrt(np.sum(resid ** 2) / (n - 2) / sxx))
+        half = float(stats.t.ppf(0.975, n - 2)) * se
+        out.update(se=se, interval=(float(slope) - half, float(slope) + half))
+    return out
+
+
+def allocation(results: Any, *, y: str = "eval_error") -> dict[str, Any]:
+    """The compute-optimal allocation of a sweep ("ConvNets match vision transformers at
+    scale", Smith et al. 2023; Hoffmann et al. 2022, approach 1).
+
+    Of the finished runs, the Pareto frontier of ``y`` against total FLOPs says, for each
+    compute budget (a frontier run's FLOPs), which model size (``params``) and how many
+    examples seen (``examples_seen``; ``epochs``, and ``lr`` when the table has it) did
+    best. Straight lines in log-log space over the frontier give the exponents of
+    ``params ∝ C^alpha`` and ``examples ∝ C^beta`` (the paper: alpha ≈ beta ≈ 0.5) and of
+    ``y ∝ C^slope`` (is the frontier linear in log-log?).
+
+    A frontier run of the smallest or largest model of the sweep, or of its fewest or most
+    examples seen, is at the sweep's *edge*: the optimum at that budget may lie outside the
+    grid (a smaller model would have been better still), so its size says little. The
+    exponents are fitted on the interior frontier runs when at least 3 of them span at
+    least two budgets, else on the whole frontier (``fit_on`` says which).
+
+    When the sweep varies the learning rate (a column ``lr`` with several values), each
+    configuration (model size and examples seen) keeps its best ``lr`` (``lr_table``), the
+    frontier is taken over those, and ``lr ∝ C^gamma`` is fitted along it too.
+    """
+    from vistas.scaling import results as results_lib
+
+    rows = results_lib.load(results) if not isinstance(results, list) else results
+    done, cs, ys = _points(rows, "compute", y)
+    for col in ("params", "examples_seen"):
+        have = [r for r in done if isinstance(r.get(col), (int, float))]
+        if not have:
+            raise VistasError(f"the allocation needs a column {col!r} in the finished runs; "
+                              f"these results have none (a vistas sweep's results.csv has it)")
+        bad = [r for r in have if not r[col] > 0]
+        if bad:
+            raise VistasError(f"run {bad[0].get('member', '?')} has {col}={bad[0][col]!r}; "
+                              "the allocation is fitted in log space and needs positive values")
+    keep = [i for i, r in enumerate(done)
+            if isinstance(r.get("params"), (int, float)) and isinstance(r.get("examples_seen"), (int, float))]
+    done, cs, ys = [done[i] for i in keep], cs[keep], ys[keep]
+    lrs = {float(r["lr"]) for r in done if isinstance(r.get("lr"), (int, float))}
+    varies_lr = len(lrs) > 1
+    if varies_lr and any(not isinstance(r.get("lr"), (int, float)) or not r["lr"] > 0 for r in done):
+        r = next(r for r in done if not isinstance(r.get("lr"), (int, float)) or not r["lr"] > 0)
+        raise VistasError(f"run {r.get('member', '?')} has lr={r.get('lr')!r}; when the sweep varies "
+                          "the learning rate every finished run needs a positive lr")
+    # one run per configuration: the best learning rate of each (model size, examples seen)
+    configs: dict[tuple, list[int]] = {}
+    for i, r in enumerate(done):
+        configs.setdefault((float(r["params"]), float(r["examples_seen"]), float(cs[i]),
+                            str(r.get("data_size"))), []).append(i)
+    best = {key: min(idx, key=lambda i: ys[i]) for key, idx in configs.items()}
+    lr_table = []
+    if varies_lr:
+        for key in sorted(configs, key=lambda k: (k[0], k[1])):
+            idx = configs[key]
+            j = best[key]
+            lr_table.append({"model": done[j].get("model"), "params": key[0], "examples_seen": key[1],
+                             "compute": key[2], "data_size": done[j].get("data_size"),
+                             "lrs": sorted(float(done[i]["lr"]) for i in idx), "best_lr": float(done[j]["lr"]),
+                             "y": float(ys[j]), "member": done[j].get("member"),
+                             "at_edge_of_lrs": float(done[j]["lr"]) in (min(float(done[i]["lr"]) for i in idx),
+                                                                       max(float(done[i]["lr"]) for i in idx))
+                             and len(idx) > 1})
+    chosen = np.array(sorted(best.values()))
+    front = chosen[pareto_frontier(cs[chosen], ys[chosen])]
+    if len(front) < 3 or len({float(cs[i]) for i in front}) < 2:
+        raise VistasError(f"the frontier of {y} vs total_flops has {len(front)} run(s); the allocation "
+                          "needs at least 3 at two or more budgets")
+    sizes = sorted({float(r["params"]) for r in done})
+    seen = sorted({float(r["examples_seen"]) for r in done})
+    table = []
+    for i in front:
+        r = done[i]
+        edge = [why for why, hit in (("smallest model", r["params"] == sizes[0]),
+                                     ("largest model", r["params"] == sizes[-1]),
+                                     ("fewest examples", r["examples_seen"] == seen[0]),
+                                     ("most examples", r["examples_seen"] == seen[-1])) if hit]
+        table.append({"member": r.get("member"), "model": r.get("model"), "compute": float(cs[i]),
+                      "params": float(r["params"]), "examples_seen": float(r["examples_seen"]),
+                      "epochs": r.get("epochs"), "data_size": r.get("data_size"),
+                      "lr": r.get("lr"), "y": float(ys[i]), "edge": edge})
+    interior = [t for t in table if not t["edge"]]
+    use = interior if len(interior) >= 3 and len({t["compute"] for t in interior}) >= 2 else table
+    c = np.array([t["compute"] for t in use])
+    exps = {"alpha": _loglog(c, np.array([t["params"] for t in use])),
+            "beta": _loglog(c, np.array([t["examples_seen"] for t in use]))}
+    if varies_lr and len({t["lr"] for t in use}) > 1:
+        exps["gamma"] = _loglog(c, np.array([float(t["lr"]) for t in use]))
+    for t in table:
+        t["params_fit"] = exps["alpha"]["coef"] * t["compute"] ** exps["alpha"]["slope"]
+        t["examples_fit"] = exps["beta"]["coef"] * t["compute"] ** exps["beta"]["slope"]
+    fc = np.array([t["compute"] for t in table])
+    return {"y": y, "runs": len(done), "configurations": len(configs), "varies_lr": varies_lr,
+            "model_sizes": len(sizes), "fit_on": "interior" if use is interior else "frontier",
+            "frontier": table, "exponents": exps,
+            "loss_vs_compute": _loglog(fc, np.array([t["y"] for t in table])),
+            "lr_table": lr_table}
+
+
+def format_allocation(alloc: dict[str, Any]) -> str:
+    """The allocation table, the fitted exponents and the log-log fit of the frontier."""
+    lines = [f"compute-optimal allocation: {len(alloc['frontier'])} frontier runs of {alloc['y']} vs "
+             f"total_flops ({alloc['runs']} runs, {alloc['model_sizes']} model sizes)"]
+    lr = alloc["varies_lr"]
+    head = (f"{'compute':>10} {'member':<22} {'params':>10} {'examples':>10} {'epochs':>7}"
+            + (f" {'lr':>8}" if lr else "") + f" {alloc['y']:>10}  {'params fit':>10} {'examples fit':>12}  edge")
+    lines.append(head)
+    for t in alloc["frontier"]:
+        ep = f"{t['epochs']:.3g}" if isinstance(t["epochs"], (int, float)) else "-"
+        lines.append(f"{t['compute']:>10.3g} {str(t['member'])[:22]:<22} {t['params']:>10.4g} "
+                     f"{t['examples_seen']:>10.4g} {ep:>7}" + (f" {t['lr']:>8.3g}" if lr else "")
+                     + f" {t['y']:>10.4f}  {t['params_fit']:>10.4g} {t['examples_fit']:>12.4g}  "
+                     + ", ".join(t["edge"]))
+    names = {"alpha": "params   ∝ C^alpha", "beta": "examples ∝ C^beta", "gamma": "best lr  ∝ C^gamma"}
+    which = ("the interior frontier runs (edge runs left out)" if alloc["fit_on"] == "interior"
+             else "every frontier run (too few interior ones: edge runs included)")
+    lines.append(f"exponents (log-log least squares on {which}):")
+    for k, e in alloc["exponents"].items():
+        ci = f"  95% CI [{e['interval'][0]:.3f}, {e['interval'][1]:.3f}]" if "interval" in e else ""
+        lines.append(f"  {names[k]}: {k} = {e['slope']:.3f}{ci}  (r² {e['r2']:.3f}, {e['n']} runs)")
+    if "alpha" in alloc["exponents"] and "beta" in alloc["exponents"]:
+        lines.append(f"  alpha + beta = {alloc['exponents']['alpha']['slope'] + alloc['exponents']['beta']['slope']:.3f}"
+                     " (1 when FLOPs per example grow as the parameters)")
+    v = alloc["loss_vs_compute"]
+    ci = f", 95% CI [{v['interval'][0]:.3f}, {v['interval'][1]:.3f}]" if "interval" in v else ""
+    lines.append(f"frontier in log-log: {alloc['y']} ∝ C^{v['slope']:.3f}{ci}; r² {v['r2']:.3f}, "
+                 f"rms log residual {v['rmse_log']:.4f}")
+    if alloc["lr_table"]:
+        lines.append("best learning rate per configuration:")
+        lines.append(f"  {'model':<14} {'params':>10} {'examples':>10} {'compute':>10} {'best lr':>8}  tried")
+        for t in alloc["lr_table"]:
+            lines.append(f"  {str(t['model'])[:14]:<14} {t['params']:>10.4g} {t['examples_seen']:>10.4g} "
+                         f"{t['compute']:>10.3g} {t['best_lr']:>8.3g}  {', '.join(f'{v:g}' for v in t['lrs'])}"
+                         + ("  (at the edge of the lrs tried)" if t["at_edge_of_lrs"] else ""))
+    return "\n".join(lines)
+
+
 def fit_results(results: Any, *, x: str = "compute", y: str = "eval_error", n_bootstrap: int = 200,
-                extrapolate: float = 0.3, seed: int = 0) -> dict[str, Any]:
+                extrapolate: float = 0.3, seed: int = 0, with_allocation: bool = False) -> dict[str, Any]:
     """The JSON-able report of ``fit_study``. Figures: ``vistas.scaling.plots.write_figures``
     on the study (``vistas fit --plot``)."""
     return fit_study(results, x=x, y=y, n_bootstrap=n_bootstrap, extrapolate=extrapolate,
-                     seed=seed).report
+                     seed=seed, with_allocation=with_allocation).report
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -329,11 +492,14 @@ def format_report(report: dict[str, Any]) -> str:
                             if e.get("at_bound") else ""))
     for form, why in report["skipped_forms"].items():
         lines.append(f"{form:<12} not fitted: {why}")
-    for key in ("plot", "examples_plot"):
+    if "allocation" in report:
+        lines.append("")
+        lines.append(format_allocation(report["allocation"]))
+    for key in ("plot", "examples_plot", "allocation_plot"):
         if key in report:
             lines.append(f"figure: {report[key]}")
     return "\n".join(lines)
 
 
-__all__ = ["FORMS", "Fit", "Study", "bootstrap", "check_options", "extrapolation_check", "fit_law", "fit_results",
-           "fit_study", "format_report", "intervals", "law", "pareto_frontier"]
+__all__ = ["FORMS", "Fit", "Study", "allocation", "bootstrap", "check_options", "extrapolation_check", "fit_law", "fit_results",
+           "fit_study", "format_allocation", "format_report", "intervals", "law", "pareto_frontier"]

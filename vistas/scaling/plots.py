@@ -145,16 +145,73 @@ def plot_examples(rows: list[dict], y: str, path: str | pathlib.Path) -> pathlib
     return _save(fig, path)
 
 
+def plot_allocation(rows: list[dict], alloc: dict[str, Any], path: str | pathlib.Path) -> pathlib.Path:
+    """Two log-log panels of a compute-optimal allocation (``vistas.scaling.fit.allocation``):
+    ``y`` against compute for every run (colour: model size) with the frontier and its
+    straight-line fit; and the frontier runs' parameters and examples seen against compute
+    with the fitted ``C^alpha`` and ``C^beta`` (hollow markers: runs at the sweep's edge)."""
+    plt = _plt()
+    y = alloc["y"]
+    models = _models_by_size(rows)
+    colours = _colours(models)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5))
+    for m in models:
+        pts = sorted((r["total_flops"], r[y]) for r in rows if r.get("model") == m
+                     and isinstance(r.get("total_flops"), (int, float)) and isinstance(r.get(y), (int, float)))
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", ms=4, lw=0.8, color=colours[m],
+                    alpha=0.85, label=_model_label(rows, m))
+    front = alloc["frontier"]
+    fc = np.array([t["compute"] for t in front])
+    ax.scatter(fc, [t["y"] for t in front], facecolors="none", edgecolors="black", s=90, lw=1.2,
+               zorder=4, label="Pareto frontier")
+    v = alloc["loss_vs_compute"]
+    xs = np.logspace(np.log10(fc.min() / 1.5), np.log10(fc.max() * 1.5), 100)
+    ax.plot(xs, v["coef"] * xs ** v["slope"], color="crimson", lw=1.5,
+            label=f"{y} ∝ C^{v['slope']:.3f} (r² {v['r2']:.2f})")
+    ax.set_ylabel(y)
+    ax.legend(fontsize=7)
+    ex = alloc["exponents"]
+    for key, col, colour, name in (("alpha", "params", "tab:blue", "parameters"),
+                                   ("beta", "examples_seen", "tab:green", "examples seen")):
+        edge = [bool(t["edge"]) for t in front]
+        vals = np.array([t[col] for t in front])
+        bx.scatter(fc[~np.array(edge)], vals[~np.array(edge)], color=colour, s=40, zorder=3)
+        bx.scatter(fc[np.array(edge)], vals[np.array(edge)], facecolors="none", edgecolors=colour,
+                   s=40, zorder=3)
+        e = ex[key]
+        bx.plot(xs, e["coef"] * xs ** e["slope"], color=colour, lw=1.5,
+                label=f"{name} ∝ C^{e['slope']:.2f}")
+    bx.scatter([], [], facecolors="none", edgecolors="grey", s=40, label="at the sweep's edge")
+    bx.set_ylabel("frontier run's parameters / examples seen")
+    bx.legend(fontsize=8, title=f"fitted on the {alloc['fit_on']} runs", title_fontsize=8)
+    for a in (ax, bx):
+        a.set_xscale("log")
+        a.set_yscale("log")
+        a.set_xlabel(fit_lib.X_LABELS["compute"])
+        a.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def write_figures(study: fit_lib.Study, *, plot: str | pathlib.Path | None = None,
-                  examples_plot: str | pathlib.Path | None = None) -> dict[str, Any]:
+                  examples_plot: str | pathlib.Path | None = None,
+                  allocation_plot: str | pathlib.Path | None = None) -> dict[str, Any]:
     """Writes the figures asked for (``plot``: ``plot_fit``; ``examples_plot``:
-    ``plot_examples``) and records their paths in the study's report, which it returns."""
+    ``plot_examples``; ``allocation_plot``: ``plot_allocation``, for a study fitted with
+    its allocation) and records their paths in the study's report, which it returns."""
     report = study.report
     if plot:
         report["plot"] = str(plot_fit(study.runs, report, study.draws, plot))
     if examples_plot:
         report["examples_plot"] = str(plot_examples(study.runs, report["y"], examples_plot))
+    if allocation_plot:
+        if "allocation" not in report:
+            raise VistasError("the allocation figure needs a study fitted with its allocation "
+                              "(vistas fit --allocation)")
+        report["allocation_plot"] = str(plot_allocation(study.runs, report["allocation"],
+                                                        allocation_plot))
     return report
 
 
-__all__ = ["check_columns", "plot_examples", "plot_fit", "write_figures"]
+__all__ = ["check_columns", "plot_allocation", "plot_examples", "plot_fit", "write_figures"]

@@ -14,7 +14,9 @@ Columns (``results.csv`` and ``results.jsonl`` in the sweep folder):
   source steps), ``devices``, ``device_hours`` (wall_s x devices / 3600);
 - ``eval_split``, ``eval_error`` (1 - top-1, or 1 - precision@1), ``eval_loss`` on the
   first held-out split, and ``fewshot_<dataset>_<k>shot_error`` when the runs did few-shot
-  evaluation (``fewshot.datasets``).
+  evaluation (``fewshot.datasets``);
+- ``lr``: the peak learning rate (``optim.lr``), so that a sweep whose models vary it can
+  report the best one per budget (``vistas fit --allocation``).
 """
 
 from __future__ import annotations
@@ -34,12 +36,12 @@ COLUMNS = [
     "member", "model", "data_size", "budget", "branch_step", "cooldown_steps", "status", "failure",
     "params", "flops_per_step", "flops_source", "analytic_flops_per_step", "steps", "total_flops",
     "examples_seen", "epochs", "wall_s", "devices", "device_hours", "eval_split", "eval_error",
-    "eval_loss",
+    "eval_loss", "lr",
 ]
 NUMERIC = [
     "budget", "branch_step", "cooldown_steps", "params", "flops_per_step",
     "analytic_flops_per_step", "steps", "total_flops", "examples_seen", "epochs", "wall_s", "devices",
-    "device_hours", "eval_error", "eval_loss",
+    "device_hours", "eval_error", "eval_loss", "lr",
 ]
 
 
@@ -79,7 +81,7 @@ def member_row(out: pathlib.Path, member: Member, source_steps: int | None) -> d
                flops_source=acc.get("flops_source"),
                analytic_flops_per_step=acc.get("analytic_flops_per_step"), steps=steps,
                examples_seen=steps * batch, epochs=metrics.get("train/epoch"), wall_s=wall,
-               devices=devices, device_hours=wall * devices / 3600)
+               devices=devices, device_hours=wall * devices / 3600, lr=cfg["optim"].get("lr"))
     if row["flops_per_step"] is not None:
         row["total_flops"] = float(row["flops_per_step"]) * steps
     split = cfg["data"]["eval_splits"][0] if cfg["data"]["eval_splits"] else None
