@@ -206,6 +206,15 @@ def test_the_study_preset_is_a_valid_grid():
     assert [(m.branch_step, m.cooldown_steps) for m in g.members] == [(200, 50), (400, 100), (800, 200)]
 
 
+def test_the_large_study_preset_reaches_1e14_flops_from_one_source_run_per_model():
+    s = spec.load("fashion_mnist_scaling_large")
+    groups = s.groups()
+    assert len(groups) == len(s.models) == 5 and s.data_sizes == (None,)  # the full set
+    g = groups[-1]
+    assert g.source_steps == 6400 and g.keep_every == 800
+    assert [(m.branch_step, m.cooldown_steps) for m in g.members] == [(800, 200), (2400, 600), (6400, 1600)]
+
+
 def _results_csv(path, rows):
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
