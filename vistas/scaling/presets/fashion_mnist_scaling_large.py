@@ -11,7 +11,9 @@ Budgets: 1,000, 3,000 and 8,000 steps (64k to 512k examples seen, up to 8.5 epoc
 Command: ``vistas sweep run fashion_mnist_scaling_large --out runs/scaling_large``, then
 ``vistas fit runs/scaling_large/results.csv --plot docs/scaling_large.png``; or
 ``python benchmarks/scaling_large.py``, which also refits and checks the extrapolation.
-Runtime and result: docs/scaling.md ("The study up to 1e14 FLOPs").
+Runtime: 37 minutes on a 2-core CPU. Result: the saturating law fitted on the 7 lowest
+frontier points (up to 4.5e12 FLOPs) predicts the 3 highest (up to 4.1e13) within 5.4%;
+details in docs/scaling.md ("The study up to 1e14 FLOPs").
 """
 
 
